@@ -1,0 +1,316 @@
+//! The daemon's TOML configuration: one section per stage.
+//!
+//! Loading is three steps: parse (unknown keys and wrong types are errors that name the key),
+//! resolve relative paths against the config file's folder, then `validate()` every section.
+//! Every error is one line of the form `key: problem`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::ingest::{CameraConfig, IngestConfig};
+use crate::publish::MqttConfig;
+use crate::service::ServiceConfig;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This box: its id appears in every MQTT topic.
+    pub node: NodeConfig,
+    /// The cameras to watch, one `[[camera]]` table each.
+    #[serde(rename = "camera", default)]
+    pub cameras: Vec<CameraConfig>,
+    /// Settings shared by every camera's ingest pipeline.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// The MQTT broker that receives status and results.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// Process supervision: shutdown and health.
+    #[serde(default)]
+    pub service: ServiceConfig,
+    /// The folder of the config file; relative paths in the file are resolved against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Id of this box in MQTT topics (`affectd/<id>/...`): letters, digits, `-` and `_`.
+    pub id: String,
+}
+
+/// A configuration problem: always names the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {key}{problem}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        /// The dotted key path with a trailing `: `, or empty when the error is syntax.
+        key: String,
+        problem: String,
+    },
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+impl ConfigError {
+    pub fn invalid(key: impl Into<String>, problem: impl fmt::Display) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            problem: problem.to_string(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        let mut config = Self::parse(&text, path)?;
+        config.base_dir = base_dir;
+        config.resolve_paths();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `origin` only labels errors. Does not validate.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let position = |offset: usize| {
+            let before = &text[..offset.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            (line, column)
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            let (line, column) = position(e.span().map_or(0, |s| s.start));
+            ConfigError::Parse {
+                path: origin.to_owned(),
+                line,
+                column,
+                key: String::new(),
+                problem: one_line(e.message()),
+            }
+        })?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let (line, column) = position(inner.span().map_or(0, |s| s.start));
+            ConfigError::Parse {
+                path: origin.to_owned(),
+                line,
+                column,
+                key: if key == "." || key.is_empty() {
+                    String::new()
+                } else {
+                    format!("{key}: ")
+                },
+                problem: one_line(inner.message()),
+            }
+        })
+    }
+
+    fn resolve_paths(&mut self) {
+        let base = self.base_dir.clone();
+        for camera in &mut self.cameras {
+            camera.resolve_paths(&base);
+        }
+        self.ingest.resolve_paths(&base);
+        self.mqtt.resolve_paths(&base);
+    }
+
+    /// Checks every section; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_id("node.id", &self.node.id)?;
+        if self.cameras.is_empty() {
+            return Err(ConfigError::invalid(
+                "camera",
+                "no [[camera]] is configured; add at least one",
+            ));
+        }
+        for (i, camera) in self.cameras.iter().enumerate() {
+            camera.validate(&format!("camera[{i}]"))?;
+            if let Some(j) = self.cameras[..i].iter().position(|c| c.id == camera.id) {
+                return Err(ConfigError::invalid(
+                    format!("camera[{i}].id"),
+                    format!("\"{}\" is already used by camera[{j}]", camera.id),
+                ));
+            }
+        }
+        self.ingest.validate("ingest")?;
+        self.mqtt.validate("mqtt")?;
+        self.service.validate("service")?;
+        Ok(())
+    }
+
+    /// The cameras that are switched on.
+    pub fn enabled_cameras(&self) -> impl Iterator<Item = &CameraConfig> {
+        self.cameras.iter().filter(|c| c.enabled)
+    }
+}
+
+/// Ids become MQTT topic levels and log fields: keep them to a safe alphabet.
+pub fn validate_id(key: &str, id: &str) -> Result<(), ConfigError> {
+    if id.is_empty() || id.len() > 64 {
+        return Err(ConfigError::invalid(key, "must be 1 to 64 characters long"));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        return Err(ConfigError::invalid(
+            key,
+            format!("\"{id}\" contains {c:?}; use letters, digits, '-' and '_'"),
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves `path` against `base` unless it is absolute.
+pub fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
+}
+
+/// Checks that a number lies in `min..=max`.
+pub fn check_range<T: PartialOrd + fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{value} is out of range {min}..={max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a file named by the config can be opened for reading.
+pub fn check_readable(key: &str, path: &Path) -> Result<(), ConfigError> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))
+}
+
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A secret read from a file; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Reads a secret from a file, dropping one trailing newline.
+    pub fn from_file(key: &str, path: &Path) -> Result<Secret, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::invalid(key, format!("cannot read {}: {e}", path.display()))
+        })?;
+        let secret = text.strip_suffix('\n').unwrap_or(&text);
+        let secret = secret.strip_suffix('\r').unwrap_or(secret);
+        if secret.is_empty() {
+            return Err(ConfigError::invalid(
+                key,
+                format!("{} is empty", path.display()),
+            ));
+        }
+        Ok(Secret(secret.to_owned()))
+    }
+
+    /// The secret itself, for handing to a library. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[node]
+id = "edge-01"
+
+[[camera]]
+id = "cam"
+uri = "test:smpte"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL, Path::new("x.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.ingest.fps, 8);
+        assert_eq!(c.mqtt.port, 1883);
+        assert_eq!(c.cameras.len(), 1);
+    }
+
+    #[test]
+    fn unknown_key_names_its_path_and_line() {
+        let text = MINIMAL.replace("uri = ", "fps2 = 3\nuri = ");
+        let e = Config::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("x.toml:7:1: camera[0].fps2: unknown field `fps2`, expected one of `id`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secret_never_prints() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "hunter2\n").unwrap();
+        let s = Secret::from_file("mqtt.password_file", &p).unwrap();
+        assert_eq!(s.expose(), "hunter2");
+        assert_eq!(format!("{s:?} {s}"), "*** ***");
+    }
+
+    #[test]
+    fn ids_are_restricted() {
+        assert!(validate_id("node.id", "edge_01-a").is_ok());
+        let e = validate_id("node.id", "a/b").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "node.id: \"a/b\" contains '/'; use letters, digits, '-' and '_'"
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! affectd: per-person emotion and valence/arousal from camera streams, published over MQTT.
+//!
+//! The modules are the pipeline's stages, in data-flow order.
+
+pub mod config;
+pub mod ingest;
+pub mod publish;
+pub mod service;
+pub mod types;

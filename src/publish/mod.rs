@@ -1,0 +1,5 @@
+//! Publish: MQTT status and results.
+
+mod config;
+
+pub use config::{MqttConfig, TlsConfig};
