@@ -1,5 +1,11 @@
-//! Service: supervision, signals, systemd notify and watchdog.
+//! Service: supervision, signals, systemd notify and watchdog, `affectd check`.
 
+mod check;
 mod config;
+mod health;
+mod signals;
 
+pub use check::{CheckReport, check};
 pub use config::ServiceConfig;
+pub use health::{Beat, Health, Systemd};
+pub use signals::{Signal, Signals};
