@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::ingest::{CameraConfig, IngestConfig, Source};
+use crate::model::ReadoutConfig;
 use crate::publish::MqttConfig;
 use crate::service::ServiceConfig;
 
@@ -28,6 +29,9 @@ pub struct Config {
     /// The MQTT broker that receives status and results.
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// Emotion classes and valence/arousal read-out.
+    #[serde(default)]
+    pub readout: ReadoutConfig,
     /// Process supervision: shutdown and health.
     #[serde(default)]
     pub service: ServiceConfig,
@@ -137,6 +141,7 @@ impl Config {
         }
         self.ingest.resolve_paths(&base);
         self.mqtt.resolve_paths(&base);
+        self.readout.resolve_paths(&base);
     }
 
     /// Checks every section; the first problem found is returned.
@@ -159,6 +164,7 @@ impl Config {
         }
         self.ingest.validate("ingest")?;
         self.mqtt.validate("mqtt")?;
+        self.readout.validate("readout")?;
         self.service.validate("service")?;
         Ok(())
     }
@@ -183,6 +189,9 @@ impl Config {
         }
         if let Some(p) = &self.mqtt.password_file {
             files.push(("mqtt.password_file".into(), p.clone(), FileKind::File));
+        }
+        if let Some(p) = &self.readout.heads_file {
+            files.push(("readout.heads_file".into(), p.clone(), FileKind::File));
         }
         if let Some(tls) = &self.mqtt.tls {
             for (name, p) in [

@@ -37,7 +37,10 @@ fn unit_file_verifies() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
     assert!(
         !stderr.contains("affectd.service"),
         "systemd-analyze verify warned about the unit:\n{stderr}"
