@@ -20,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: ingest cameras, analyse, publish over MQTT until SIGTERM.
+    Run(ConfigArg),
     /// Parse and validate a config, then probe what it names (pipelines, files, broker).
     Check(ConfigArg),
 }
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match &cli.command {
+        Command::Run(args) => run(args),
         Command::Check(args) => check(args),
     };
     match result {
@@ -85,6 +88,12 @@ fn init_logging() {
     } else {
         builder.init();
     }
+}
+
+fn run(args: &ConfigArg) -> Result<(), Failure> {
+    let config = Config::load(&args.config)?;
+    config.check_files()?;
+    affectd::service::run(config).map_err(Failure::Runtime)
 }
 
 fn check(args: &ConfigArg) -> Result<(), Failure> {

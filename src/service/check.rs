@@ -40,6 +40,13 @@ pub fn check(config: &Config) -> CheckReport {
             check_file(&key, &path, kind),
         );
     }
+    for camera in config.enabled_cameras() {
+        report.record(
+            "camera",
+            format!("{}: pipeline builds", camera.id),
+            crate::ingest::check_pipeline(camera, &config.ingest),
+        );
+    }
     report.record(
         "broker",
         format!(
