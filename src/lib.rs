@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod ingest;
+pub mod model;
 pub mod publish;
 pub mod service;
 pub mod types;
