@@ -444,3 +444,50 @@ fn vit_b32_frame_encoder_timing() {
         t0.elapsed().as_secs_f64() * 50.0
     );
 }
+
+#[test]
+fn half_precision_loading_runs_close_to_the_reference() {
+    let cfg = tiny_config();
+    let path = golden("emotionclip-tiny/weights.safetensors");
+    let model = EmotionClip::load_as(&path, &cfg, &Device::Cpu, DType::BF16).unwrap();
+    assert_eq!(model.dtype(), DType::BF16);
+    let io = load("emotionclip-tiny/io.safetensors");
+    let video = model
+        .encode_video(&io["input.video"], &io["input.mask"])
+        .unwrap();
+    assert_eq!(video.dtype(), DType::BF16);
+    let d = max_abs_diff(&video, &io["ref_f64.video_embedding"]);
+    eprintln!("bf16 video_embedding: max abs diff {d:.3e}");
+    assert!(d < 0.1, "bf16 drifted by {d}");
+}
+
+#[test]
+fn prepared_frames_stack_into_encoder_inputs() {
+    let rgb = vec![90u8; 320 * 240 * 3];
+    let frame = ImageView::new(320, 240, &rgb).unwrap();
+    let person = Detection {
+        bbox: BBox::new(100., 40., 160., 200.),
+        score: 0.9,
+    };
+    let a = preprocess::prepare(
+        frame,
+        &[person],
+        preprocess::CropPolicy::SUBJECT_DEFAULT,
+        64,
+    );
+    let b = preprocess::prepare(frame, &[person], preprocess::CropPolicy::OFFICIAL_EVAL, 64);
+    let (pixels, masks) = preprocess::stack(&[a, b], &Device::Cpu).unwrap();
+    assert_eq!(pixels.dims(), [2, 3, 64, 64]);
+    assert_eq!(masks.dims(), [2, 64, 64]);
+    let model = EmotionClip::load(
+        &golden("emotionclip-tiny/weights.safetensors"),
+        &tiny_config(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (features, hmn) = model.encode_frames(&pixels, &masks).unwrap();
+    assert_eq!(features.dims(), [2, 32]);
+    // Both crops contain the subject, so both subject tokens are non-zero.
+    let norms = hmn.sqr().unwrap().sum(1).unwrap().to_vec1::<f32>().unwrap();
+    assert!(norms.iter().all(|&n| n > 0.0), "{norms:?}");
+}

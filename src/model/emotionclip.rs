@@ -40,6 +40,7 @@ pub struct EmotionClip {
     logit_scale: Tensor,
     config: EmotionClipConfig,
     device: Device,
+    dtype: DType,
 }
 
 impl EmotionClip {
@@ -53,6 +54,7 @@ impl EmotionClip {
             logit_scale,
             config: cfg.clone(),
             device: vb.device().clone(),
+            dtype: vb.dtype(),
         })
     }
 
@@ -62,8 +64,19 @@ impl EmotionClip {
         cfg: &EmotionClipConfig,
         device: &Device,
     ) -> std::result::Result<Self, Error> {
+        Self::load_as(weights, cfg, device, DType::F32)
+    }
+
+    /// `load` with parameters and activations in `dtype` (f16/bf16 are meant for CUDA; the
+    /// parity tolerances hold for f32 only).
+    pub fn load_as(
+        weights: &Path,
+        cfg: &EmotionClipConfig,
+        device: &Device,
+        dtype: DType,
+    ) -> std::result::Result<Self, Error> {
         cfg.validate()?;
-        Checkpoint::open(weights)?.build(DType::F32, device, |vb| Self::new(vb, cfg))
+        Checkpoint::open(weights)?.build(dtype, device, |vb| Self::new(vb, cfg))
     }
 
     /// Deterministic random f32 weights (same `seed` -> same model on every machine): for
@@ -73,18 +86,19 @@ impl EmotionClip {
     }
 
     /// Frame features [N, embed_dim] and subject tokens [N, width] for `pixels` [N, 3, S, S]
-    /// (ImageNet-normalised, S = `vision_cfg.image_size`) and subject masks [N, S, S] (0/1).
+    /// (ImageNet-normalised, S = `vision_cfg.image_size`) and subject masks [N, S, S] (0/1),
+    /// in the model's dtype. `preprocess::stack` builds both from `FrameInput`s.
     pub fn encode_frames(&self, pixels: &Tensor, mask: &Tensor) -> Result<(Tensor, Tensor)> {
         self.backbone
             .visual
-            .forward(&pixels.to_dtype(DType::F32)?, mask)
+            .forward(&pixels.to_dtype(self.dtype)?, mask)
     }
 
     /// `encode_frames` keeping every intermediate.
     pub fn trace_frames(&self, pixels: &Tensor, mask: &Tensor) -> Result<FrameTrace> {
         self.backbone
             .visual
-            .trace(&pixels.to_dtype(DType::F32)?, mask)
+            .trace(&pixels.to_dtype(self.dtype)?, mask)
     }
 
     /// Video embeddings [B, embed_dim] (not normalised) from frame features
@@ -134,6 +148,11 @@ impl EmotionClip {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Parameter and activation dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Width of frame features, video and text embeddings.

@@ -15,6 +15,8 @@
 //! the scale when shrinking, 22-bit fixed-point coefficients, horizontal then vertical pass
 //! with 8-bit rounding in between. It is not torchvision's tensor `interpolate` (a = -0.75).
 
+use candle_core::{Device, Tensor};
+
 use crate::types::{BBox, Detection, Frame};
 
 /// ImageNet channel means (EmotionCLIP normalises with these, not CLIP's).
@@ -74,6 +76,28 @@ pub struct FrameInput {
     pub pixels: Vec<f32>,
     /// [size, size], 1 where the subject is.
     pub mask: Vec<u8>,
+}
+
+/// Stacks prepared frames into the encoder's inputs on `device`: pixels [N, 3, S, S] f32 and
+/// masks [N, S, S] u8. All inputs must have the same size.
+pub fn stack(inputs: &[FrameInput], device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    let Some(first) = inputs.first() else {
+        candle_core::bail!("no frames to stack")
+    };
+    let s = first.size;
+    if let Some(odd) = inputs.iter().find(|i| i.size != s) {
+        candle_core::bail!("frames of size {} and {s} in one batch", odd.size)
+    }
+    let n = inputs.len();
+    let pixels: Vec<f32> = inputs
+        .iter()
+        .flat_map(|i| i.pixels.iter().copied())
+        .collect();
+    let masks: Vec<u8> = inputs.iter().flat_map(|i| i.mask.iter().copied()).collect();
+    Ok((
+        Tensor::from_vec(pixels, (n, 3, s, s), device)?,
+        Tensor::from_vec(masks, (n, s, s), device)?,
+    ))
 }
 
 /// How a frame is cropped to the encoder's square input.
