@@ -119,6 +119,13 @@ fn check_against_golden(weights: &str) {
 
     let text = model.encode_text(&io["input.text_tokens"]).unwrap();
     assert_close("text_embedding", &text, r("text_embedding"), 1e-4);
+    let logits = model.similarity_logits(&tt.video_embedding, &text).unwrap();
+    let want = (r("video_embedding_normalized")
+        .matmul(&r("text_embedding_normalized").t().unwrap())
+        .unwrap()
+        * f64::from(model.logit_scale_exp().unwrap()))
+    .unwrap();
+    assert_close("similarity_logits", &logits, &want, 1e-3);
     let scale = model.logit_scale().unwrap();
     assert!(
         (scale - (1.0f32 / 0.07).ln()).abs() < 1e-3,

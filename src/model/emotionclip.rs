@@ -142,6 +142,14 @@ impl EmotionClip {
         Ok(self.logit_scale()?.exp())
     }
 
+    /// Zero-shot logits [B, K]: `exp(logit_scale)` x cosine similarity of each video
+    /// embedding [B, E] with each text embedding [K, E] (softmax over K gives class scores).
+    pub fn similarity_logits(&self, video: &Tensor, text: &Tensor) -> Result<Tensor> {
+        let v = l2_normalize(&video.to_dtype(DType::F32)?)?;
+        let t = l2_normalize(&text.to_dtype(DType::F32)?)?;
+        v.matmul(&t.t()?)? * f64::from(self.logit_scale_exp()?)
+    }
+
     pub fn config(&self) -> &EmotionClipConfig {
         &self.config
     }
