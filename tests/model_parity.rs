@@ -360,6 +360,23 @@ fn partial_or_renamed_checkpoint_names_the_missing_keys() {
         "{msg}"
     );
 
+    // A config with fewer layers than the checkpoint would silently drop layers: the
+    // unread keys are an error, as in the official strict load.
+    let mut shallow = tiny_config();
+    shallow.text_cfg.layers = 1;
+    let err = EmotionClip::load(
+        &golden("emotionclip-tiny/release_format.pt"),
+        &shallow,
+        &Device::Cpu,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("12 unexpected key(s)"), "{err}");
+    assert!(
+        err.contains("backbone.transformer.resblocks.1.attn.in_proj_bias"),
+        "{err}"
+    );
+
     // A checkpoint for another size fails the same way, listing mis-shaped keys.
     let err = EmotionClip::load(
         &golden("emotionclip-tiny/weights.safetensors"),

@@ -21,14 +21,17 @@ pub enum Error {
         path: PathBuf,
         source: candle_core::Error,
     },
-    /// The checkpoint lacks keys the config needs, or holds them with other shapes.
-    #[error("{path}: checkpoint does not match the model config: {}", describe_problems(.missing, .mis_shaped))]
+    /// The checkpoint lacks keys the config needs, holds them with other shapes, or holds
+    /// model keys the config does not use.
+    #[error("{path}: checkpoint does not match the model config: {}", describe_problems(.missing, .mis_shaped, .unexpected))]
     CheckpointMismatch {
         path: PathBuf,
         /// Missing keys with the shape the model expects.
         missing: Vec<(String, Vec<usize>)>,
         /// (key, expected shape, shape in the checkpoint).
         mis_shaped: Vec<(String, Vec<usize>, Vec<usize>)>,
+        /// Keys in the checkpoint that the model did not read.
+        unexpected: Vec<String>,
     },
     /// A parity-tool input is missing or has the wrong dtype or shape.
     #[error("{path}: {problem}")]
@@ -57,6 +60,7 @@ const LISTED: usize = 20;
 fn describe_problems(
     missing: &[(String, Vec<usize>)],
     mis_shaped: &[(String, Vec<usize>, Vec<usize>)],
+    unexpected: &[String],
 ) -> String {
     let mut parts = Vec::new();
     if !missing.is_empty() {
@@ -82,6 +86,21 @@ fn describe_problems(
         s.push_str(&names.join(", "));
         if mis_shaped.len() > LISTED {
             s.push_str(&format!(", ... and {} more", mis_shaped.len() - LISTED));
+        }
+        parts.push(s);
+    }
+    if !unexpected.is_empty() {
+        let mut s = format!("{} unexpected key(s): ", unexpected.len());
+        s.push_str(
+            &unexpected
+                .iter()
+                .take(LISTED)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        if unexpected.len() > LISTED {
+            s.push_str(&format!(", ... and {} more", unexpected.len() - LISTED));
         }
         parts.push(s);
     }

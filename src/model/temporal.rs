@@ -114,11 +114,6 @@ impl VisualHead {
         })
     }
 
-    /// Video embeddings [B, E] from frame features [B, video_len, E].
-    pub fn forward(&self, features: &Tensor) -> Result<Tensor> {
-        Ok(self.trace(features)?.video_embedding)
-    }
-
     /// Same as `forward`, keeping every intermediate.
     pub fn trace(&self, features: &Tensor) -> Result<TemporalTrace> {
         let (_, t, _) = features.dims3()?;
@@ -156,5 +151,12 @@ impl VisualHead {
     /// Frames per window.
     pub fn video_len(&self) -> usize {
         self.video_len
+    }
+}
+
+impl Module for VisualHead {
+    /// Video embeddings [B, E] from frame features [B, video_len, E].
+    fn forward(&self, features: &Tensor) -> Result<Tensor> {
+        Ok(self.trace(features)?.video_embedding)
     }
 }

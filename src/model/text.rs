@@ -62,9 +62,16 @@ impl TextTransformer {
         })
     }
 
+    /// Tokens per text.
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+}
+
+impl Module for TextTransformer {
     /// Text embeddings [N, embed_dim] (not normalised) for `tokens` [N, context_length]
     /// (integer ids; `ClipTokenizer` makes them).
-    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+    fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
         let (n, l) = tokens.dims2()?;
         if l != self.context_length {
             bail!(
@@ -100,11 +107,6 @@ impl TextTransformer {
         x.reshape((n * l, width))?
             .index_select(&rows, 0)?
             .matmul(&self.text_projection)
-    }
-
-    /// Tokens per text.
-    pub fn context_length(&self) -> usize {
-        self.context_length
     }
 }
 

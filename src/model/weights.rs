@@ -39,9 +39,18 @@ impl CheckpointFormat {
 
 #[derive(Default)]
 struct Problems {
+    requested: HashSet<String>,
     missing: Vec<(String, Vec<usize>)>,
     mis_shaped: Vec<(String, Vec<usize>, Vec<usize>)>,
 }
+
+/// State-dict entries the model legitimately does not read: buffers (`position_ids`, the
+/// text `attn_mask` of older exports) and the second copy of `logit_scale`.
+const IGNORED_KEYS: [&str; 3] = [
+    "visual_head.position_ids",
+    "backbone.logit_scale",
+    "backbone.attn_mask",
+];
 
 /// Serves tensors from a checkpoint and records, instead of failing on, the first missing
 /// or mis-shaped key: the model is still built (with zeros) so that every problem is listed.
@@ -53,6 +62,11 @@ struct Checked {
 
 impl SimpleBackend for Checked {
     fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        self.problems
+            .lock()
+            .expect("problems lock")
+            .requested
+            .insert(name.to_owned());
         if !self.names.contains(name) {
             let mut p = self.problems.lock().expect("problems lock");
             p.missing.push((name.to_owned(), s.dims().to_vec()));
@@ -133,8 +147,9 @@ impl Checkpoint {
         self.format
     }
 
-    /// Builds a model from this checkpoint with `build`, then fails with every missing or
-    /// mis-shaped key if there were any.
+    /// Builds a model from this checkpoint with `build`, then fails with every missing,
+    /// mis-shaped or unexpected key if there were any (the official code loads strictly:
+    /// an unread key means the config does not describe this checkpoint, e.g. fewer layers).
     pub fn build<T>(
         mut self,
         dtype: DType,
@@ -142,6 +157,7 @@ impl Checkpoint {
         build: impl FnOnce(VarBuilder<'static>) -> Result<T>,
     ) -> std::result::Result<T, Error> {
         let (source, names) = self.source.take().expect("checkpoint used once");
+        let all_names = names.clone();
         let backend = Checked {
             source,
             names,
@@ -150,11 +166,18 @@ impl Checkpoint {
         let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
         let built = build(vb);
         let problems = std::mem::take(&mut *self.problems.lock().expect("problems lock"));
-        if !problems.missing.is_empty() || !problems.mis_shaped.is_empty() {
+        let mut unexpected: Vec<String> = all_names
+            .into_iter()
+            .filter(|k| !problems.requested.contains(k) && !IGNORED_KEYS.contains(&k.as_str()))
+            .collect();
+        unexpected.sort();
+        if !problems.missing.is_empty() || !problems.mis_shaped.is_empty() || !unexpected.is_empty()
+        {
             return Err(Error::CheckpointMismatch {
                 path: self.path,
                 missing: problems.missing,
                 mis_shaped: problems.mis_shaped,
+                unexpected,
             });
         }
         built.map_err(|source| Error::CheckpointRead {
