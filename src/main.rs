@@ -24,6 +24,8 @@ enum Command {
     Run(ConfigArg),
     /// Parse and validate a config, then probe what it names (pipelines, files, broker).
     Check(ConfigArg),
+    /// Run EmotionCLIP on tensors from a safetensors file and write the embeddings (parity tool).
+    Embed(affectd::model::EmbedArgs),
 }
 
 #[derive(clap::Args)]
@@ -59,6 +61,13 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => run(args),
         Command::Check(args) => check(args),
+        Command::Embed(args) => affectd::model::embed::run(args).map_err(|e| {
+            if e.is_usage() {
+                Failure::Usage(e.into())
+            } else {
+                Failure::Runtime(e.into())
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
