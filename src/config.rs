@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::ingest::{CameraConfig, IngestConfig, Source};
-use crate::model::ReadoutConfig;
+use crate::model::{ModelConfig, ReadoutConfig};
 use crate::publish::MqttConfig;
 use crate::service::ServiceConfig;
 
@@ -29,6 +29,9 @@ pub struct Config {
     /// The MQTT broker that receives status and results.
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// The EmotionCLIP encoder. Absent: no emotion analytics (ingest and status only).
+    #[serde(default)]
+    pub model: Option<ModelConfig>,
     /// Emotion classes and valence/arousal read-out.
     #[serde(default)]
     pub readout: ReadoutConfig,
@@ -142,6 +145,9 @@ impl Config {
         self.ingest.resolve_paths(&base);
         self.mqtt.resolve_paths(&base);
         self.readout.resolve_paths(&base);
+        if let Some(model) = &mut self.model {
+            model.resolve_paths(&base);
+        }
     }
 
     /// Checks every section; the first problem found is returned.
@@ -164,6 +170,9 @@ impl Config {
         }
         self.ingest.validate("ingest")?;
         self.mqtt.validate("mqtt")?;
+        if let Some(model) = &self.model {
+            model.validate("model")?;
+        }
         self.readout.validate("readout")?;
         self.service.validate("service")?;
         Ok(())
@@ -189,6 +198,14 @@ impl Config {
         }
         if let Some(p) = &self.mqtt.password_file {
             files.push(("mqtt.password_file".into(), p.clone(), FileKind::File));
+        }
+        if let Some(model) = &self.model {
+            if let Some(p) = model.weights_to_load() {
+                files.push(("model.weights".into(), p.to_owned(), FileKind::File));
+            }
+            if let Some(p) = &model.config {
+                files.push(("model.config".into(), p.clone(), FileKind::File));
+            }
         }
         if let Some(p) = &self.readout.heads_file {
             files.push(("readout.heads_file".into(), p.clone(), FileKind::File));
