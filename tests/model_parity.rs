@@ -515,3 +515,22 @@ fn prepared_frames_stack_into_encoder_inputs() {
     let norms = hmn.sqr().unwrap().sum(1).unwrap().to_vec1::<f32>().unwrap();
     assert!(norms.iter().all(|&n| n > 0.0), "{norms:?}");
 }
+
+#[test]
+fn text_pools_at_the_first_largest_id_under_the_causal_mask() {
+    let model = EmotionClip::load(
+        &golden("emotionclip-tiny/weights.safetensors"),
+        &tiny_config(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    // Truncated texts have no end token and may repeat their largest id: torch's argmax takes
+    // the first one, and with the causal mask later tokens cannot change that row.
+    let mut a = vec![0i64; 77];
+    let mut b = vec![0i64; 77];
+    a[..5].copy_from_slice(&[998, 5, 900, 7, 900]);
+    b[..5].copy_from_slice(&[998, 5, 900, 8, 8]);
+    let tokens = Tensor::from_vec([a, b].concat(), (2, 77), &Device::Cpu).unwrap();
+    let e = model.encode_text(&tokens).unwrap();
+    assert_eq!(max_abs_diff(&e.i(0).unwrap(), &e.i(1).unwrap()), 0.0);
+}

@@ -198,7 +198,14 @@ impl SimpleBackend for Seeded {
         let n = s.elem_count();
         let mut rng = SplitMix64(self.seed ^ fnv1a(name.as_bytes()));
         let normal = |rng: &mut SplitMix64, mean: f64, std: f64| -> Vec<f32> {
-            (0..n).map(|_| (mean + std * rng.normal()) as f32).collect()
+            let mut v = Vec::with_capacity(n + 1);
+            while v.len() < n {
+                let (a, b) = rng.normal_pair();
+                v.push((mean + std * a) as f32);
+                v.push((mean + std * b) as f32);
+            }
+            v.truncate(n);
+            v
         };
         let uniform = |rng: &mut SplitMix64, lo: f64, up: f64| -> Vec<f32> {
             (0..n)
@@ -264,11 +271,13 @@ impl SplitMix64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// Standard normal (Box-Muller).
-    fn normal(&mut self) -> f64 {
+    /// Two independent standard normals (Box-Muller).
+    fn normal_pair(&mut self) -> (f64, f64) {
         let u1 = 1.0 - self.unit();
         let u2 = self.unit();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+        (r * c, r * s)
     }
 }
 
