@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::detect::DetectConfig;
 use crate::ingest::{CameraConfig, IngestConfig};
 use crate::publish::MqttConfig;
 use crate::service::ServiceConfig;
+use crate::track::TrackConfig;
+use crate::window::WindowConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,6 +28,15 @@ pub struct Config {
     /// Settings shared by every camera's ingest pipeline.
     #[serde(default)]
     pub ingest: IngestConfig,
+    /// The person detector: engine, ONNX Runtime, thresholds.
+    #[serde(default)]
+    pub detect: DetectConfig,
+    /// The multi-person tracker.
+    #[serde(default)]
+    pub track: TrackConfig,
+    /// Per-track frame windows for the emotion model.
+    #[serde(default)]
+    pub window: WindowConfig,
     /// The MQTT broker that receives status and results.
     #[serde(default)]
     pub mqtt: MqttConfig,
@@ -135,6 +147,7 @@ impl Config {
             camera.resolve_paths(&base);
         }
         self.ingest.resolve_paths(&base);
+        self.detect.resolve_paths(&base);
         self.mqtt.resolve_paths(&base);
     }
 
@@ -157,6 +170,9 @@ impl Config {
             }
         }
         self.ingest.validate("ingest")?;
+        self.detect.validate("detect")?;
+        self.track.validate("track")?;
+        self.window.validate("window")?;
         self.mqtt.validate("mqtt")?;
         self.service.validate("service")?;
         Ok(())
