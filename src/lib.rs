@@ -5,6 +5,7 @@
 pub mod config;
 pub mod detect;
 pub mod ingest;
+pub mod model;
 pub mod publish;
 pub mod service;
 pub mod track;

@@ -1,0 +1,308 @@
+//! One camera's supervisor: a named OS thread that builds the pipeline, plays it, watches its
+//! bus, detects stalls and end of stream, and restarts it with exponential backoff.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use gst::prelude::*;
+use gstreamer as gst;
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use super::backoff::Backoff;
+use super::config::{CameraConfig, IngestConfig, Source, redact_userinfo};
+use super::error::Error;
+use super::pipeline::{self, Built, RunStats, Template};
+use super::queue::FrameQueue;
+use crate::types::{CameraId, CameraState, CameraStatus, now_rfc3339};
+
+/// A run that streamed this long counts as healthy: the next failure restarts after the
+/// initial backoff again.
+const HEALTHY_RUN: Duration = Duration::from_secs(5);
+/// How often the bus, the stop signal and the stall clock are looked at.
+const TICK: Duration = Duration::from_millis(100);
+/// How often fps and drop counts are refreshed in the status.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// The window fps is measured over.
+const FPS_WINDOW: Duration = Duration::from_secs(2);
+/// Shutdown grace when the [`Ingest`](super::Ingest) was dropped without `stop`.
+const DROP_GRACE: Duration = Duration::from_secs(1);
+
+/// Everything a supervisor thread owns.
+pub(crate) struct Supervisor {
+    pub(crate) id: CameraId,
+    pub(crate) camera: CameraConfig,
+    pub(crate) cfg: IngestConfig,
+    pub(crate) queue: Arc<FrameQueue>,
+    pub(crate) status: watch::Sender<CameraStatus>,
+    /// Receives the shutdown deadline; disconnected means shut down too.
+    pub(crate) stop: Receiver<Instant>,
+}
+
+/// How one pipeline run ended.
+enum RunEnd {
+    /// Shutdown was asked for; the pipeline is down.
+    Stopped,
+    /// The source failed, stalled or ended: restart after backoff.
+    Retry(Error),
+    /// A file ended and is not looped.
+    Finished,
+}
+
+impl Supervisor {
+    /// The thread body: runs until shutdown is asked for.
+    pub(crate) fn run(self) {
+        let source = self
+            .camera
+            .source()
+            .map_or_else(|_| redact_userinfo(&self.camera.uri), |s| s.to_string());
+        let mut backoff = Backoff::new(
+            Duration::from_secs_f64(self.cfg.backoff_initial_s),
+            Duration::from_secs_f64(self.cfg.backoff_max_s),
+        );
+        let mut meter = FpsMeter::default();
+        let mut delivered = 0u64;
+        let mut first = true;
+        loop {
+            if !first {
+                self.status.send_modify(|s| s.restarts += 1);
+            }
+            first = false;
+            let (end, failed_to_build) = match pipeline::build(&self.camera, &self.cfg) {
+                Ok(built) => {
+                    info!(camera = %self.id, %source, template = built.template.file_name(), "camera pipeline starting");
+                    let end = self.run_pipeline(built, &mut backoff, &mut meter, &mut delivered);
+                    (end, false)
+                }
+                Err(e) => (RunEnd::Retry(e), true),
+            };
+            let e = match end {
+                RunEnd::Stopped => return,
+                RunEnd::Finished => {
+                    info!(camera = %self.id, %source, "file ended and loop = false; camera finished");
+                    self.set_state(CameraState::Failed, Some("finished: end of file".into()));
+                    // Stay finished until shutdown.
+                    let _ = self.stop.recv();
+                    return;
+                }
+                RunEnd::Retry(e) => e,
+            };
+            let delay = backoff.next_delay();
+            let state = if failed_to_build {
+                error!(camera = %self.id, %source, error = %e, retry_in_s = delay.as_secs_f64(), "camera pipeline cannot be built; fix the config or install the plugin");
+                CameraState::Failed
+            } else {
+                warn!(camera = %self.id, %source, error = %e, retry_in_s = delay.as_secs_f64(), "camera source failed; restarting after backoff");
+                CameraState::Reconnecting
+            };
+            self.set_state(state, Some(e.to_string()));
+            self.status.send_modify(|s| s.fps = 0.0);
+            match self.stop.recv_timeout(delay) {
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(_) | Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Plays one pipeline until it fails, stalls, ends or shutdown is asked for.
+    fn run_pipeline(
+        &self,
+        built: Built,
+        backoff: &mut Backoff,
+        meter: &mut FpsMeter,
+        delivered: &mut u64,
+    ) -> RunEnd {
+        let Built {
+            pipeline,
+            sink,
+            template,
+        } = built;
+        let stats = RunStats::new();
+        pipeline::connect_sink(&sink, self.id.clone(), self.queue.clone(), stats.clone());
+        self.set_state(CameraState::Starting, None);
+        let Some(bus) = pipeline.bus() else {
+            return RunEnd::Retry(Error::StateChange);
+        };
+        let teardown = |end: RunEnd| {
+            let _ = pipeline.set_state(gst::State::Null);
+            end
+        };
+        if pipeline.set_state(gst::State::Playing).is_err() {
+            let e = bus
+                .pop_filtered(&[gst::MessageType::Error])
+                .map_or(Error::StateChange, |m| self.bus_error(&m));
+            return teardown(RunEnd::Retry(e));
+        }
+        let stall = Duration::from_secs_f64(self.cfg.stall_timeout_s);
+        let before = *delivered;
+        let mut streaming_since: Option<Instant> = None;
+        let mut next_status = Instant::now() + STATUS_EVERY;
+        loop {
+            match self.stop.try_recv() {
+                Ok(deadline) => return self.shutdown(&pipeline, &bus, deadline),
+                Err(TryRecvError::Disconnected) => {
+                    return self.shutdown(&pipeline, &bus, Instant::now() + DROP_GRACE);
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+            if let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(TICK.as_millis() as u64))
+            {
+                match msg.view() {
+                    gst::MessageView::Error(_) => {
+                        return teardown(RunEnd::Retry(self.bus_error(&msg)));
+                    }
+                    gst::MessageView::Eos(_) => {
+                        let looped = template == Template::File && self.camera.loop_file;
+                        if !looped {
+                            let end = if template == Template::File {
+                                RunEnd::Finished
+                            } else {
+                                RunEnd::Retry(Error::Eos)
+                            };
+                            return teardown(end);
+                        }
+                        debug!(camera = %self.id, "end of file; seeking back to the start");
+                        let seek = pipeline.seek_simple(
+                            gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT,
+                            gst::ClockTime::ZERO,
+                        );
+                        if seek.is_err() {
+                            return teardown(RunEnd::Retry(Error::Eos));
+                        }
+                    }
+                    gst::MessageView::Warning(w) => {
+                        debug!(camera = %self.id, warning = %self.scrub(&w.error().to_string()), "pipeline warning");
+                    }
+                    _ => {}
+                }
+            }
+
+            let now = Instant::now();
+            *delivered = before + stats.frames();
+            let last_activity = stats.last_frame().unwrap_or(stats.started());
+            match streaming_since {
+                None if stats.frames() > 0 => {
+                    streaming_since = Some(now);
+                    info!(camera = %self.id, "camera is streaming");
+                    self.set_state(CameraState::Streaming, None);
+                }
+                Some(since) if now.duration_since(since) >= HEALTHY_RUN => backoff.reset(),
+                _ => {}
+            }
+            let idle = now.saturating_duration_since(last_activity);
+            if idle >= stall {
+                return teardown(RunEnd::Retry(Error::Stalled(idle)));
+            }
+            if now >= next_status {
+                next_status = now + STATUS_EVERY;
+                let fps = meter.record(now, *delivered);
+                let dropped = self.queue.dropped();
+                self.status.send_modify(|s| {
+                    s.fps = if streaming_since.is_some() { fps } else { 0.0 };
+                    s.frames_dropped = dropped;
+                });
+                if stats.bad_samples() > 0 {
+                    debug!(camera = %self.id, bad = stats.bad_samples(), "samples dropped as unreadable");
+                }
+            }
+        }
+    }
+
+    /// Sends EOS, waits for it until `deadline`, then sets the pipeline to NULL.
+    fn shutdown(&self, pipeline: &gst::Pipeline, bus: &gst::Bus, deadline: Instant) -> RunEnd {
+        pipeline.send_event(gst::event::Eos::new());
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let drained = bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_nseconds(wait.as_nanos() as u64),
+                &[gst::MessageType::Eos, gst::MessageType::Error],
+            )
+            .is_some();
+        let _ = pipeline.set_state(gst::State::Null);
+        debug!(camera = %self.id, drained, "camera pipeline stopped");
+        RunEnd::Stopped
+    }
+
+    fn set_state(&self, state: CameraState, last_error: Option<String>) {
+        self.status.send_modify(|s| {
+            if s.state != state {
+                s.state = state;
+                s.since = now_rfc3339();
+            }
+            if last_error.is_some() {
+                s.last_error = last_error;
+            }
+        });
+    }
+
+    fn bus_error(&self, message: &gst::Message) -> Error {
+        pipeline::bus_error(message, &|s| self.scrub(s))
+    }
+
+    /// Removes RTSP credentials (URI user info and the password) from a text.
+    fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        if let Ok(Source::Rtsp(uri)) = self.camera.source() {
+            let redacted = redact_userinfo(&uri);
+            if redacted != uri {
+                out = out.replace(&uri, &redacted);
+                if let Some((userinfo, _)) = uri
+                    .split_once("://")
+                    .and_then(|(_, rest)| rest.split_once('@'))
+                {
+                    out = out.replace(userinfo, "***");
+                }
+            }
+        }
+        if let Some(file) = &self.camera.password_file
+            && let Ok(pw) = crate::config::Secret::from_file("password_file", file)
+        {
+            out = out.replace(pw.expose(), "***");
+        }
+        out
+    }
+}
+
+/// Frames per second over the last [`FPS_WINDOW`], from a cumulative frame count.
+#[derive(Debug, Default)]
+pub(crate) struct FpsMeter {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl FpsMeter {
+    /// Records the total frame count at `now` and returns the rate over the window.
+    pub(crate) fn record(&mut self, now: Instant, total: u64) -> f32 {
+        self.samples.push_back((now, total));
+        while self.samples.len() > 2 && now.duration_since(self.samples[1].0) >= FPS_WINDOW {
+            self.samples.pop_front();
+        }
+        let (t0, n0) = self.samples[0];
+        let dt = now.duration_since(t0).as_secs_f32();
+        if dt <= 0.0 {
+            0.0
+        } else {
+            total.saturating_sub(n0) as f32 / dt
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fps_is_measured_over_the_last_two_seconds() {
+        let t = Instant::now();
+        let s = Duration::from_millis;
+        let mut m = FpsMeter::default();
+        assert_eq!(m.record(t, 0), 0.0);
+        assert_eq!(m.record(t + s(1000), 8), 8.0);
+        assert_eq!(m.record(t + s(2000), 16), 8.0);
+        // A burst, then silence: the old rate leaves the window.
+        assert_eq!(m.record(t + s(3000), 40), 16.0);
+        assert_eq!(m.record(t + s(4000), 40), 12.0);
+        assert_eq!(m.record(t + s(5000), 40), 0.0);
+    }
+}
