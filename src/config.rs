@@ -9,10 +9,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::detect::DetectConfig;
 use crate::ingest::{CameraConfig, IngestConfig, Source};
 use crate::model::{ModelConfig, ReadoutConfig};
 use crate::publish::MqttConfig;
 use crate::service::ServiceConfig;
+use crate::track::TrackConfig;
+use crate::window::WindowConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -26,6 +29,16 @@ pub struct Config {
     /// Settings shared by every camera's ingest pipeline.
     #[serde(default)]
     pub ingest: IngestConfig,
+    /// The person detector: engine, ONNX Runtime, thresholds. Absent: no analytics, only
+    /// ingest and camera status.
+    #[serde(default)]
+    pub detect: Option<DetectConfig>,
+    /// The multi-person tracker.
+    #[serde(default)]
+    pub track: TrackConfig,
+    /// Per-track frame windows for the emotion model.
+    #[serde(default)]
+    pub window: WindowConfig,
     /// The MQTT broker that receives status and results.
     #[serde(default)]
     pub mqtt: MqttConfig,
@@ -143,6 +156,9 @@ impl Config {
             camera.resolve_paths(&base);
         }
         self.ingest.resolve_paths(&base);
+        if let Some(detect) = &mut self.detect {
+            detect.resolve_paths(&base);
+        }
         self.mqtt.resolve_paths(&base);
         self.readout.resolve_paths(&base);
         if let Some(model) = &mut self.model {
@@ -169,8 +185,19 @@ impl Config {
             }
         }
         self.ingest.validate("ingest")?;
+        if let Some(detect) = &self.detect {
+            detect.validate("detect")?;
+        }
+        self.track.validate("track")?;
+        self.window.validate("window")?;
         self.mqtt.validate("mqtt")?;
         if let Some(model) = &self.model {
+            if self.detect.is_none() {
+                return Err(ConfigError::invalid(
+                    "model",
+                    "needs a [detect] section: the encoder runs on detected persons",
+                ));
+            }
             model.validate("model")?;
         }
         self.readout.validate("readout")?;
@@ -205,6 +232,12 @@ impl Config {
             }
             if let Some(p) = &model.config {
                 files.push(("model.config".into(), p.clone(), FileKind::File));
+            }
+        }
+        if let Some(detect) = &self.detect {
+            files.push(("detect.engine".into(), detect.engine.clone(), FileKind::File));
+            if let Some(p) = &detect.ort_library {
+                files.push(("detect.ort_library".into(), p.clone(), FileKind::File));
             }
         }
         if let Some(p) = &self.readout.heads_file {

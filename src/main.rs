@@ -26,6 +26,8 @@ enum Command {
     Check(ConfigArg),
     /// Run EmotionCLIP on tensors from a safetensors file and write the embeddings (parity tool).
     Embed(affectd::model::EmbedArgs),
+    /// Run the person detector (and with --track the tracker) on an image or a video file.
+    Detect(affectd::detect::DetectArgs),
 }
 
 #[derive(clap::Args)]
@@ -67,6 +69,10 @@ fn main() -> ExitCode {
             } else {
                 Failure::Runtime(e.into())
             }
+        }),
+        Command::Detect(args) => affectd::detect::cli::run(args).map_err(|e| match e {
+            affectd::detect::Error::Config(e) => Failure::from(e),
+            e => Failure::Runtime(e.into()),
         }),
     };
     match result {

@@ -40,6 +40,19 @@ pub fn check(config: &Config) -> CheckReport {
             check_file(&key, &path, kind),
         );
     }
+    match config.detect.as_ref().map(crate::detect::Detector::probe) {
+        None => report.ok("detect", "no [detect] section: ingest and status only"),
+        Some(Ok(r)) => report.ok(
+            "detect",
+            format!(
+                "{}: sha256 matches, {} outputs as the manifest says, provider {}",
+                r.model.display(),
+                r.output_shapes.len(),
+                r.provider.name()
+            ),
+        ),
+        Some(Err(e)) => report.fail("detect", e),
+    }
     for camera in config.enabled_cameras() {
         report.record(
             "camera",
