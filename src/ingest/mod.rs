@@ -28,5 +28,5 @@ pub use backoff::Backoff;
 pub use cameras::Ingest;
 pub use config::{CameraConfig, Decoder, IngestConfig, RtspTransport, Source, redact_userinfo};
 pub use error::Error;
-pub use pipeline::{Built, Template, build as build_pipeline, check_pipeline};
+pub use pipeline::{Built, Template, build as build_pipeline, check_pipeline, init};
 pub use queue::{FrameHub, FrameQueue};

@@ -326,7 +326,16 @@ pub fn connect_sink(
                                 .map(|i| (caps.to_owned(), i));
                         }
                         let (_, video) = info.as_ref()?;
-                        to_frame(buffer, video, &camera, seq)
+                        // Running time: 0 at each start and each loop of a file, whatever
+                        // timestamps the container carries.
+                        let pts = buffer.pts().map(|pts| {
+                            sample
+                                .segment()
+                                .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+                                .and_then(|s| s.to_running_time(pts))
+                                .unwrap_or(pts)
+                        });
+                        to_frame(buffer, video, &camera, seq, pts)
                     });
                 match frame {
                     Some(frame) => {
@@ -351,6 +360,7 @@ fn to_frame(
     info: &gst_video::VideoInfo,
     camera: &CameraId,
     seq: u64,
+    pts: Option<gst::ClockTime>,
 ) -> Option<Frame> {
     if info.format() != gst_video::VideoFormat::Rgb {
         return None;
@@ -378,7 +388,7 @@ fn to_frame(
     Some(Frame {
         camera: camera.clone(),
         seq,
-        pts: buffer.pts().map(Duration::from),
+        pts: pts.map(Duration::from),
         wall: SystemTime::now(),
         width,
         height,
@@ -386,22 +396,33 @@ fn to_frame(
     })
 }
 
-/// Builds a camera's pipeline and brings it to READY (files and devices are opened, nothing
-/// plays), then tears it down: what `affectd check` runs for each camera.
+/// Builds a camera's pipeline and brings it to PAUSED, then tears it down: what
+/// `affectd check` runs for each camera. Files and devices are opened and a file's first
+/// frame is decoded (waiting up to `CHECK_TIMEOUT`); live sources are not waited on, so an
+/// unreachable RTSP camera passes. Nothing plays.
 pub fn check_pipeline(camera: &CameraConfig, cfg: &IngestConfig) -> Result<(), Error> {
     init()?;
     let built = build(camera, cfg)?;
-    let result = match built.pipeline.set_state(gst::State::Ready) {
-        Ok(_) => Ok(()),
-        Err(_) => Err(built
-            .pipeline
+    let pipeline = &built.pipeline;
+    let paused = pipeline.set_state(gst::State::Paused).is_ok()
+        && pipeline
+            .state(gst::ClockTime::from_seconds(CHECK_TIMEOUT.as_secs()))
+            .0
+            .is_ok();
+    let result = if paused {
+        Ok(())
+    } else {
+        Err(pipeline
             .bus()
             .and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error]))
-            .map_or(Error::StateChange, |m| bus_error(&m, &|s| s.to_owned()))),
+            .map_or(Error::StateChange, |m| bus_error(&m, &|s| s.to_owned())))
     };
-    let _ = built.pipeline.set_state(gst::State::Null);
+    let _ = pipeline.set_state(gst::State::Null);
     result
 }
+
+/// How long [`check_pipeline`] waits for a file or device to preroll.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A bus error message as a typed error; `scrub` removes secrets from the texts.
 pub fn bus_error(message: &gst::Message, scrub: &dyn Fn(&str) -> String) -> Error {

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use super::backoff::Backoff;
-use super::config::{CameraConfig, IngestConfig, Source, redact_userinfo};
+use super::config::{CameraConfig, IngestConfig, redact_userinfo};
 use super::error::Error;
 use super::pipeline::{self, Built, RunStats, Template};
 use super::queue::FrameQueue;
@@ -121,7 +121,8 @@ impl Supervisor {
         } = built;
         let stats = RunStats::new();
         pipeline::connect_sink(&sink, self.id.clone(), self.queue.clone(), stats.clone());
-        self.set_state(CameraState::Starting, None);
+        // The state stays `starting` (first run) or `reconnecting` / `failed` (a retry) until
+        // the first frame arrives.
         let Some(bus) = pipeline.bus() else {
             return RunEnd::Retry(Error::StateChange);
         };
@@ -212,7 +213,18 @@ impl Supervisor {
 
     /// Sends EOS, waits for it until `deadline`, then sets the pipeline to NULL.
     fn shutdown(&self, pipeline: &gst::Pipeline, bus: &gst::Bus, deadline: Instant) -> RunEnd {
-        pipeline.send_event(gst::event::Eos::new());
+        // A source in pull mode (filesrc under a demuxer) accepts EOS but never sends it:
+        // end the stream at the appsink instead (not at videorate, which would first fill
+        // the rest of the file's segment with duplicates).
+        let pulled = pipeline
+            .by_name("src")
+            .and_then(|s| s.static_pad("src"))
+            .is_some_and(|p| p.mode() == gst::PadMode::Pull);
+        let sink_pad = pipeline.by_name("sink").and_then(|r| r.static_pad("sink"));
+        match sink_pad {
+            Some(pad) if pulled => pad.send_event(gst::event::Eos::new()),
+            _ => pipeline.send_event(gst::event::Eos::new()),
+        };
         let wait = deadline.saturating_duration_since(Instant::now());
         let drained = bus
             .timed_pop_filtered(
@@ -241,28 +253,37 @@ impl Supervisor {
         pipeline::bus_error(message, &|s| self.scrub(s))
     }
 
-    /// Removes RTSP credentials (URI user info and the password) from a text.
+    /// [`scrub`] with this camera's URI and password.
     fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        if let Ok(Source::Rtsp(uri)) = self.camera.source() {
-            let redacted = redact_userinfo(&uri);
-            if redacted != uri {
-                out = out.replace(&uri, &redacted);
-                if let Some((userinfo, _)) = uri
-                    .split_once("://")
-                    .and_then(|(_, rest)| rest.split_once('@'))
-                {
-                    out = out.replace(userinfo, "***");
-                }
-            }
-        }
-        if let Some(file) = &self.camera.password_file
-            && let Ok(pw) = crate::config::Secret::from_file("password_file", file)
-        {
-            out = out.replace(pw.expose(), "***");
-        }
-        out
+        let password = self
+            .camera
+            .password_file
+            .as_ref()
+            .and_then(|f| crate::config::Secret::from_file("password_file", f).ok());
+        scrub(
+            text,
+            &self.camera.uri,
+            password.as_ref().map(|p| p.expose()),
+        )
     }
+}
+
+/// Makes a GStreamer error text about a camera safe to log and publish: the URI's user info
+/// and the password become `***`, newlines become spaces.
+fn scrub(text: &str, uri: &str, password: Option<&str>) -> String {
+    let mut out = text.replace(['\n', '\r'], " ");
+    let authority = uri
+        .split_once("://")
+        .map(|(_, rest)| &rest[..rest.find('/').unwrap_or(rest.len())]);
+    if let Some((userinfo, _)) = authority.and_then(|a| a.rsplit_once('@'))
+        && !userinfo.is_empty()
+    {
+        out = out.replace(userinfo, "***");
+    }
+    if let Some(pw) = password.filter(|p| !p.is_empty()) {
+        out = out.replace(pw, "***");
+    }
+    out
 }
 
 /// Frames per second over the last [`FPS_WINDOW`], from a cumulative frame count.
@@ -291,6 +312,18 @@ impl FpsMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_are_scrubbed_from_error_texts() {
+        let uri = "rtsp://admin:s3cret@10.0.0.2/live@1";
+        let text = "Failed: rtsp://admin:s3cret@10.0.0.2/live@1\nuser admin:s3cret pw hunter2";
+        assert_eq!(
+            scrub(text, uri, Some("hunter2")),
+            "Failed: rtsp://***@10.0.0.2/live@1 user *** pw ***"
+        );
+        assert_eq!(scrub("a@b", "rtsp://h/p@x", None), "a@b");
+        assert_eq!(scrub("x", "rtsp://@h/p", Some("")), "x");
+    }
 
     #[test]
     fn fps_is_measured_over_the_last_two_seconds() {
