@@ -400,3 +400,160 @@ fn rtsp_camera_recovers_after_its_server_restarts_while_another_keeps_streaming(
     assert!(gap < 0.5, "test camera paused for {gap:.2} s");
     assert!(stop_time < Duration::from_secs(4));
 }
+
+#[test]
+fn a_file_loops_without_a_restart_or_finishes_when_loop_is_off() {
+    logs();
+    let uri = format!("file:{}", fixture("vtest-10s.mp4").display());
+    let looped = camera("looped", &uri);
+    let once = CameraConfig {
+        loop_file: false,
+        ..camera("once", &uri)
+    };
+    let ingest = Ingest::start(&[looped, once], &IngestConfig::default()).unwrap();
+    let (looped_rx, once_rx) = (status_of(&ingest, "looped"), status_of(&ingest, "once"));
+    let collector = Collector::new(&ingest);
+    // The clip lasts 10 s: wait until both cameras are past its end.
+    let finished = wait_state(&once_rx, CameraState::Failed, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(1500));
+    let frames = collector.of("looped");
+    let (looped_status, once_status) = (looped_rx.borrow().clone(), once_rx.borrow().clone());
+    let once_frames = collector.of("once").len();
+    drop(collector);
+    ingest.stop(Duration::from_secs(2));
+
+    eprintln!(
+        "loop: {} frames; once: {once_frames} frames, {once_status:?}",
+        frames.len()
+    );
+    assert!(finished.is_some(), "{once_status:?}");
+    assert!(
+        once_status
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("end of file"),
+        "{once_status:?}"
+    );
+    assert_eq!(once_status.restarts, 0);
+    // 10 s at 8 fps.
+    assert!(
+        (76..=84).contains(&once_frames),
+        "{once_frames} frames of a 10 s clip"
+    );
+
+    assert_eq!(looped_status.state, CameraState::Streaming);
+    assert_eq!(looped_status.restarts, 0);
+    // Seq keeps counting across the loop; running time starts again at 0.
+    let wrap = frames
+        .windows(2)
+        .position(|w| w[1].pts < w[0].pts)
+        .expect("the looped file started again");
+    assert_steady(&frames[..=wrap], 8.0);
+    assert_steady(&frames[wrap + 1..], 8.0);
+    assert_eq!(frames[wrap + 1].seq, frames[wrap].seq + 1);
+    assert!(frames[wrap + 1].pts.unwrap() < Duration::from_millis(250));
+    let pause = secs(frames[wrap].wall, frames[wrap + 1].wall);
+    assert!(pause < 0.5, "the loop paused the camera for {pause:.2} s");
+}
+
+#[test]
+fn a_slow_consumer_loses_the_oldest_frames_and_they_are_counted() {
+    logs();
+    let cfg = IngestConfig {
+        queue_frames: 3,
+        ..IngestConfig::default()
+    };
+    let ingest = Ingest::start(&[camera("bars", "test:ball")], &cfg).unwrap();
+    let rx = status_of(&ingest, "bars");
+    let hub = ingest.hub();
+    // Nobody drains for 3 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let status = rx.borrow().clone();
+    let queued = hub.next_batch(Duration::ZERO);
+    let dropped = hub.queues()[0].1.dropped();
+    ingest.stop(Duration::from_secs(2));
+
+    eprintln!(
+        "slow consumer: {} queued, {dropped} dropped; {status:?}",
+        queued.len()
+    );
+    assert_eq!(queued.len(), 3);
+    // The newest frames are kept, in order.
+    assert_eq!(queued[1].seq, queued[0].seq + 1);
+    assert_eq!(queued[2].seq, queued[1].seq + 1);
+    assert_eq!(dropped, queued[2].seq + 1 - 3);
+    assert!(dropped >= 15, "{dropped}");
+    assert!(status.frames_dropped >= 10, "{status:?}");
+}
+
+#[test]
+fn a_stalled_source_is_restarted_and_a_template_can_come_from_disk() {
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    // Buffers flow into a closed valve: no error, no EOS, just no frames.
+    std::fs::write(
+        dir.path().join("test.pipeline"),
+        "# frames never pass\nvideotestsrc name=src is-live=true ! valve drop=true ! \
+         videorate name=rate ! videoconvert ! capsfilter name=caps ! appsink name=sink\n",
+    )
+    .unwrap();
+    let cfg = IngestConfig {
+        stall_timeout_s: 1.0,
+        backoff_initial_s: 0.2,
+        backoff_max_s: 0.4,
+        pipelines_dir: Some(dir.path().to_owned()),
+        ..IngestConfig::default()
+    };
+    let ingest = Ingest::start(&[camera("stuck", "test:ball")], &cfg).unwrap();
+    let rx = status_of(&ingest, "stuck");
+    let noticed = wait_state(&rx, CameraState::Reconnecting, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(2));
+    let status = rx.borrow().clone();
+    ingest.stop(Duration::from_secs(2));
+
+    eprintln!("stall noticed after {noticed:?}: {status:?}");
+    let noticed = noticed.expect("stall not noticed").as_secs_f64();
+    assert!((0.9..2.0).contains(&noticed), "{noticed}");
+    assert!(status.restarts >= 2, "{status:?}");
+    assert_eq!(status.last_error.as_deref(), Some("no frame for 1.0 s"));
+}
+
+#[test]
+fn a_camera_that_cannot_be_built_fails_alone() {
+    logs();
+    affectd::ingest::init().unwrap();
+    if ["nvh264dec", "nvv4l2decoder"]
+        .iter()
+        .any(|e| gstreamer::ElementFactory::find(e).is_some())
+    {
+        eprintln!("NVIDIA decoders are installed here; nothing to test");
+        return;
+    }
+    let nvidia = CameraConfig {
+        decoder: Decoder::Nvidia,
+        ..camera("gpu", "rtsp://127.0.0.1:9/x")
+    };
+    let cfg = quick_restarts();
+    let e = check_pipeline(&nvidia, &cfg).unwrap_err();
+    assert!(matches!(e, Error::MissingElement(_)), "{e}");
+
+    let ingest = Ingest::start(&[nvidia, camera("bars", "test:ball")], &cfg).unwrap();
+    let (gpu, bars) = (status_of(&ingest, "gpu"), status_of(&ingest, "bars"));
+    assert!(wait_state(&gpu, CameraState::Failed, Duration::from_secs(5)).is_some());
+    assert!(wait_state(&bars, CameraState::Streaming, Duration::from_secs(5)).is_some());
+    std::thread::sleep(Duration::from_secs(1));
+    let (gpu_status, bars_status) = (gpu.borrow().clone(), bars.borrow().clone());
+    ingest.stop(Duration::from_secs(2));
+    assert_eq!(gpu_status.state, CameraState::Failed);
+    assert!(gpu_status.restarts >= 1, "retried: {gpu_status:?}");
+    assert!(
+        gpu_status
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("nvh264dec"),
+        "{gpu_status:?}"
+    );
+    assert_eq!(bars_status.state, CameraState::Streaming);
+}

@@ -62,8 +62,6 @@ impl Supervisor {
             Duration::from_secs_f64(self.cfg.backoff_initial_s),
             Duration::from_secs_f64(self.cfg.backoff_max_s),
         );
-        let mut meter = FpsMeter::default();
-        let mut delivered = 0u64;
         let mut first = true;
         loop {
             if !first {
@@ -73,7 +71,7 @@ impl Supervisor {
             let (end, failed_to_build) = match pipeline::build(&self.camera, &self.cfg) {
                 Ok(built) => {
                     info!(camera = %self.id, %source, template = built.template.file_name(), "camera pipeline starting");
-                    let end = self.run_pipeline(built, &mut backoff, &mut meter, &mut delivered);
+                    let end = self.run_pipeline(built, &mut backoff);
                     (end, false)
                 }
                 Err(e) => (RunEnd::Retry(e), true),
@@ -83,6 +81,7 @@ impl Supervisor {
                 RunEnd::Finished => {
                     info!(camera = %self.id, %source, "file ended and loop = false; camera finished");
                     self.set_state(CameraState::Failed, Some("finished: end of file".into()));
+                    self.status.send_modify(|s| s.fps = 0.0);
                     // Stay finished until shutdown.
                     let _ = self.stop.recv();
                     return;
@@ -107,13 +106,7 @@ impl Supervisor {
     }
 
     /// Plays one pipeline until it fails, stalls, ends or shutdown is asked for.
-    fn run_pipeline(
-        &self,
-        built: Built,
-        backoff: &mut Backoff,
-        meter: &mut FpsMeter,
-        delivered: &mut u64,
-    ) -> RunEnd {
+    fn run_pipeline(&self, built: Built, backoff: &mut Backoff) -> RunEnd {
         let Built {
             pipeline,
             sink,
@@ -137,7 +130,7 @@ impl Supervisor {
             return teardown(RunEnd::Retry(e));
         }
         let stall = Duration::from_secs_f64(self.cfg.stall_timeout_s);
-        let before = *delivered;
+        let mut meter = FpsMeter::default();
         let mut streaming_since: Option<Instant> = None;
         let mut next_status = Instant::now() + STATUS_EVERY;
         loop {
@@ -181,7 +174,6 @@ impl Supervisor {
             }
 
             let now = Instant::now();
-            *delivered = before + stats.frames();
             let last_activity = stats.last_frame().unwrap_or(stats.started());
             match streaming_since {
                 None if stats.frames() > 0 => {
@@ -198,7 +190,7 @@ impl Supervisor {
             }
             if now >= next_status {
                 next_status = now + STATUS_EVERY;
-                let fps = meter.record(now, *delivered);
+                let fps = meter.record(now, stats.frames());
                 let dropped = self.queue.dropped();
                 self.status.send_modify(|s| {
                     s.fps = if streaming_since.is_some() { fps } else { 0.0 };
