@@ -301,6 +301,13 @@ fn a_missing_file_is_retried_with_backoff_and_reported() {
     let cfg = quick_restarts();
     let e = check_pipeline(&cam, &cfg).unwrap_err();
     assert!(e.to_string().contains("gone.mp4"), "{e}");
+    // `check` opens devices too.
+    let device = camera("usb", "v4l2:/dev/video-affectd-none");
+    let e = check_pipeline(&device, &cfg).unwrap_err();
+    assert!(
+        matches!(&e, Error::Stream { element, .. } if element == "/GstPipeline:camera-usb/GstV4l2Src:src"),
+        "{e}"
+    );
 
     let ingest = Ingest::start(&[cam], &cfg).unwrap();
     let rx = status_of(&ingest, "gone");

@@ -160,6 +160,8 @@ pub fn build(camera: &CameraConfig, cfg: &IngestConfig) -> Result<Built, Error> 
             template: name.into(),
             message: "it is a single element, not a pipeline".into(),
         })?;
+    // Names the pipeline in GStreamer's own logs and in element paths of errors.
+    pipeline.set_property("name", format!("camera-{}", camera.id));
     let by_name = |n: &str| {
         pipeline.by_name(n).ok_or_else(|| Error::TemplateElement {
             template: name.into(),

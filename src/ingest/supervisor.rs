@@ -62,15 +62,20 @@ impl Supervisor {
             Duration::from_secs_f64(self.cfg.backoff_initial_s),
             Duration::from_secs_f64(self.cfg.backoff_max_s),
         );
-        let mut first = true;
-        loop {
-            if !first {
+        let mut last_error: Option<String> = None;
+        for attempt in 0u64.. {
+            let first_run = attempt == 0;
+            if !first_run {
                 self.status.send_modify(|s| s.restarts += 1);
             }
-            first = false;
             let (end, failed_to_build) = match pipeline::build(&self.camera, &self.cfg) {
                 Ok(built) => {
-                    info!(camera = %self.id, %source, template = built.template.file_name(), "camera pipeline starting");
+                    let template = built.template.file_name();
+                    if first_run {
+                        info!(camera = %self.id, %source, template, "camera pipeline starting");
+                    } else {
+                        debug!(camera = %self.id, %source, template, "camera pipeline restarting");
+                    }
                     let end = self.run_pipeline(built, &mut backoff);
                     (end, false)
                 }
@@ -89,14 +94,27 @@ impl Supervisor {
                 RunEnd::Retry(e) => e,
             };
             let delay = backoff.next_delay();
+            let text = e.to_string();
+            // The same error again (a camera that stays down) is logged once, then at DEBUG.
+            let repeated = last_error.as_deref() == Some(text.as_str());
+            let retry_in_s = delay.as_secs_f64();
             let state = if failed_to_build {
-                error!(camera = %self.id, %source, error = %e, retry_in_s = delay.as_secs_f64(), "camera pipeline cannot be built; fix the config or install the plugin");
+                if repeated {
+                    debug!(camera = %self.id, error = %text, retry_in_s, "camera pipeline still cannot be built");
+                } else {
+                    error!(camera = %self.id, %source, error = %text, retry_in_s, "camera pipeline cannot be built; fix the config or install the plugin");
+                }
                 CameraState::Failed
             } else {
-                warn!(camera = %self.id, %source, error = %e, retry_in_s = delay.as_secs_f64(), "camera source failed; restarting after backoff");
+                if repeated {
+                    debug!(camera = %self.id, error = %text, retry_in_s, "camera source still failing");
+                } else {
+                    warn!(camera = %self.id, %source, error = %text, retry_in_s, "camera source failed; restarting after backoff");
+                }
                 CameraState::Reconnecting
             };
-            self.set_state(state, Some(e.to_string()));
+            self.set_state(state, Some(text.clone()));
+            last_error = Some(text);
             self.status.send_modify(|s| s.fps = 0.0);
             match self.stop.recv_timeout(delay) {
                 Err(RecvTimeoutError::Timeout) => {}
