@@ -564,3 +564,64 @@ fn a_camera_that_cannot_be_built_fails_alone() {
     );
     assert_eq!(bars_status.state, CameraState::Streaming);
 }
+
+#[test]
+fn rtsp_credentials_come_from_the_password_file_and_never_show() {
+    logs();
+    affectd::ingest::init().unwrap();
+    let server = rtsp::RtspServer::start_with_login(
+        "locked",
+        &rtsp::RtspServer::mp4_launch(&fixture("vtest-10s.mp4")),
+        "viewer",
+        "hunter2-secret",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (good, bad) = (dir.path().join("good"), dir.path().join("bad"));
+    std::fs::write(&good, "hunter2-secret\n").unwrap();
+    std::fs::write(&bad, "wrong-pw-xyz\n").unwrap();
+    let login = |id: &str, password_file: &Path| CameraConfig {
+        username: Some("viewer".into()),
+        password_file: Some(password_file.to_owned()),
+        ..camera(id, &server.url())
+    };
+    // The password in the URI too, as some cameras are configured: it must not leak either.
+    let inline = server
+        .url()
+        .replace("rtsp://", "rtsp://viewer:wrong-pw-xyz@");
+    let cameras = [
+        login("good", &good),
+        login("bad", &bad),
+        camera("inline", &inline),
+    ];
+    let ingest = Ingest::start(&cameras, &quick_restarts()).unwrap();
+    let collector = Collector::new(&ingest);
+    let good_rx = status_of(&ingest, "good");
+    let bad_rx = status_of(&ingest, "bad");
+    let inline_rx = status_of(&ingest, "inline");
+    assert!(wait_state(&good_rx, CameraState::Streaming, Duration::from_secs(10)).is_some());
+    assert!(wait_state(&bad_rx, CameraState::Reconnecting, Duration::from_secs(10)).is_some());
+    assert!(
+        wait_state(
+            &inline_rx,
+            CameraState::Reconnecting,
+            Duration::from_secs(10)
+        )
+        .is_some()
+    );
+    let frames = collector.wait_for("good", 5, Duration::from_secs(5));
+    let (bad_status, inline_status) = (bad_rx.borrow().clone(), inline_rx.borrow().clone());
+    drop(collector);
+    ingest.stop(Duration::from_secs(2));
+
+    eprintln!("wrong password: {bad_status:?}\ninline: {inline_status:?}");
+    assert!(frames.len() >= 5);
+    assert_eq!((frames[0].width, frames[0].height), (768, 576));
+    for status in [&bad_status, &inline_status] {
+        let text = serde_json::to_string(status).unwrap();
+        assert!(status.last_error.is_some(), "{text}");
+        assert!(
+            !text.contains("wrong-pw-xyz") && !text.contains("hunter2"),
+            "{text}"
+        );
+    }
+}
