@@ -625,3 +625,58 @@ fn rtsp_credentials_come_from_the_password_file_and_never_show() {
         );
     }
 }
+
+#[test]
+fn a_custom_template_can_use_fallbacksrc() {
+    logs();
+    affectd::ingest::init().unwrap();
+    let server =
+        rtsp::RtspServer::start("fb", &rtsp::RtspServer::mp4_launch(&fixture("vtest.mp4")));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rtsp.pipeline"),
+        "fallbacksrc name=src enable-audio=false ! videorate name=rate ! videoconvert ! \
+         capsfilter name=caps ! appsink name=sink\n",
+    )
+    .unwrap();
+    let cfg = IngestConfig {
+        pipelines_dir: Some(dir.path().to_owned()),
+        ..IngestConfig::default()
+    };
+    let cam = camera("fb", &server.url());
+    let built = build_pipeline(&cam, &cfg).unwrap();
+    let src = built.pipeline.by_name("src").unwrap();
+    assert_eq!(src.factory().unwrap().name(), "fallbacksrc");
+    assert_eq!(src.property::<String>("uri"), server.url());
+    drop(built);
+
+    let ingest = Ingest::start(&[cam], &cfg).unwrap();
+    let collector = Collector::new(&ingest);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let real = loop {
+        let frames = collector.of("fb");
+        let real: Vec<Frame> = frames.into_iter().filter(|f| f.width == 768).collect();
+        if real.len() >= 5 || Instant::now() > deadline {
+            break real;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let sizes: Vec<(u32, u32)> = collector
+        .of("fb")
+        .iter()
+        .map(|f| (f.width, f.height))
+        .collect();
+    drop(collector);
+    ingest.stop(Duration::from_secs(2));
+    eprintln!(
+        "fallbacksrc: {} frames of 768x576 among sizes {:?}",
+        real.len(),
+        {
+            let mut s = sizes.clone();
+            s.dedup();
+            s
+        }
+    );
+    assert!(real.len() >= 5, "sizes seen: {sizes:?}");
+    assert_eq!(real[0].height, 576);
+}

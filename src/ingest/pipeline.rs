@@ -18,7 +18,7 @@ use gstreamer_video as gst_video;
 use gst::prelude::*;
 use gst_video::prelude::*;
 
-use super::config::{CameraConfig, Decoder, IngestConfig, RtspTransport, Source};
+use super::config::{CameraConfig, Decoder, IngestConfig, RtspTransport, Source, redact_userinfo};
 use super::error::Error;
 use super::queue::FrameQueue;
 use crate::config::Secret;
@@ -179,13 +179,26 @@ pub fn build(camera: &CameraConfig, cfg: &IngestConfig) -> Result<Built, Error> 
 
     match &source {
         Source::File(path) => {
-            let path = path.to_str().ok_or_else(|| Error::Property {
+            let text = path.to_str().ok_or_else(|| Error::Property {
                 element: "src".into(),
                 property: "location".into(),
                 value: path.display().to_string(),
                 message: "the path is not UTF-8".into(),
             })?;
-            set_str(&src, "location", path)?;
+            if src.find_property("location").is_none() && src.find_property("uri").is_some() {
+                // A custom template with a URI-based source (uridecodebin, fallbacksrc).
+                let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+                let uri =
+                    gst::glib::filename_to_uri(&absolute, None).map_err(|e| Error::Property {
+                        element: "src".into(),
+                        property: "uri".into(),
+                        value: text.into(),
+                        message: e.to_string(),
+                    })?;
+                set_str(&src, "uri", &uri)?;
+            } else {
+                set_str(&src, "location", text)?;
+            }
         }
         Source::V4l2(path) => {
             let path = path.to_str().ok_or_else(|| Error::Property {
@@ -198,20 +211,31 @@ pub fn build(camera: &CameraConfig, cfg: &IngestConfig) -> Result<Built, Error> 
         }
         Source::Test(pattern) => set_str(&src, "pattern", pattern)?,
         Source::Rtsp(uri) => {
-            set_str(&src, "location", uri)?;
+            // rtspsrc takes `location`; URI-based sources in custom templates take `uri`.
+            let key = if src.find_property("location").is_some() {
+                "location"
+            } else {
+                "uri"
+            };
+            set_text(&src, key, uri, &redact_userinfo(uri))?;
+            // Tuning that only rtspsrc understands is skipped for other sources.
             let protocols = match camera.rtsp_transport {
                 RtspTransport::Tcp => "tcp",
                 RtspTransport::Udp => "udp",
                 RtspTransport::Auto => "udp+udp-mcast+tcp",
             };
-            set_str(&src, "protocols", protocols)?;
-            src.set_property("latency", camera.latency_ms);
+            if src.find_property("protocols").is_some() {
+                set_str(&src, "protocols", protocols)?;
+            }
+            if src.find_property("latency").is_some() {
+                set_str(&src, "latency", &camera.latency_ms.to_string())?;
+            }
             if let Some(user) = &camera.username {
                 set_str(&src, "user-id", user)?;
             }
             if let Some(file) = &camera.password_file {
                 let password = Secret::from_file("password_file", file)?;
-                src.set_property("user-pw", password.expose());
+                set_text(&src, "user-pw", password.expose(), "***")?;
             }
         }
     }
@@ -233,13 +257,19 @@ pub fn build(camera: &CameraConfig, cfg: &IngestConfig) -> Result<Built, Error> 
     })
 }
 
-/// Sets a property from text: strings as they are, other types (enums, flags) parsed by
-/// GStreamer. Never panics on a bad value or a template whose element lacks the property.
+/// Sets a property from text: strings as they are, other types (numbers, enums, flags)
+/// parsed by GStreamer. Never panics on a bad value or a template whose element lacks the
+/// property.
 fn set_str(element: &gst::Element, property: &str, value: &str) -> Result<(), Error> {
+    set_text(element, property, value, value)
+}
+
+/// [`set_str`], showing `shown` instead of the value in errors (for secrets).
+fn set_text(element: &gst::Element, property: &str, value: &str, shown: &str) -> Result<(), Error> {
     let fail = |message: String| Error::Property {
         element: element.name().to_string(),
         property: property.into(),
-        value: value.into(),
+        value: shown.into(),
         message,
     };
     let pspec = element

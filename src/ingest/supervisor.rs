@@ -159,8 +159,14 @@ impl Supervisor {
                 }
                 Err(TryRecvError::Empty) => {}
             }
-            if let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(TICK.as_millis() as u64))
-            {
+            // Other messages (state changes, tags, QoS) are discarded here.
+            let wanted = [
+                gst::MessageType::Error,
+                gst::MessageType::Eos,
+                gst::MessageType::Warning,
+            ];
+            let tick = gst::ClockTime::from_mseconds(TICK.as_millis() as u64);
+            if let Some(msg) = bus.timed_pop_filtered(tick, &wanted) {
                 match msg.view() {
                     gst::MessageView::Error(_) => {
                         return teardown(RunEnd::Retry(self.bus_error(&msg)));
