@@ -680,3 +680,45 @@ fn a_custom_template_can_use_fallbacksrc() {
     assert!(real.len() >= 5, "sizes seen: {sizes:?}");
     assert_eq!(real[0].height, 576);
 }
+
+#[test]
+fn broken_custom_templates_are_errors_not_panics() {
+    logs();
+    affectd::ingest::init().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = IngestConfig {
+        pipelines_dir: Some(dir.path().to_owned()),
+        ..IngestConfig::default()
+    };
+    let tail = "videoconvert ! capsfilter name=caps ! appsink name=sink";
+    let cases = [
+        (
+            "videotestsrc name=src ! ! appsink name=sink".to_owned(),
+            "does not parse",
+        ),
+        (format!("nosuchelement name=src ! {tail}"), "plugin missing"),
+        (format!("videotestsrc ! {tail}"), "no element named \"src\""),
+        (
+            "videotestsrc name=src ! appsink name=sink".to_owned(),
+            "no element named \"caps\"",
+        ),
+        (
+            "videotestsrc name=src ! capsfilter name=caps ! fakesink name=sink".to_owned(),
+            "sink (an appsink)",
+        ),
+        (
+            "videotestsrc name=src ! identity name=caps ! appsink name=sink".to_owned(),
+            "caps (a capsfilter)",
+        ),
+        // `src` is not a videotestsrc here: it has no `pattern`.
+        (
+            format!("videotestsrc ! identity name=src ! {tail}"),
+            "cannot set pattern",
+        ),
+    ];
+    for (text, expected) in &cases {
+        std::fs::write(dir.path().join("test.pipeline"), text).unwrap();
+        let e = build_pipeline(&camera("t", "test:ball"), &cfg).unwrap_err();
+        assert!(e.to_string().contains(expected), "{text}: {e}");
+    }
+}

@@ -80,7 +80,9 @@ impl Template {
                     (Decoder::Software, _) | (Decoder::Auto, None) => Template::Rtsp,
                     (Decoder::Auto | Decoder::Nvidia, Some(t)) => t,
                     (Decoder::Nvidia, None) => {
-                        return Err(Error::MissingElement("nvv4l2decoder or nvh264dec".into()));
+                        return Err(Error::MissingElement(
+                            "neither nvv4l2decoder nor nvh264dec is installed".into(),
+                        ));
                     }
                 }
             }
@@ -245,6 +247,12 @@ pub fn build(camera: &CameraConfig, cfg: &IngestConfig) -> Result<Built, Error> 
         .format(gst_video::VideoFormat::Rgb)
         .framerate(gst::Fraction::new(fps as i32, 1))
         .build();
+    if caps.find_property("caps").map(|p| p.value_type()) != Some(gst::Caps::static_type()) {
+        return Err(Error::TemplateElement {
+            template: name.into(),
+            name: "caps (a capsfilter)".into(),
+        });
+    }
     caps.set_property("caps", &out_caps);
     sink.set_sync(template.sync());
     sink.set_max_buffers(2);
@@ -275,6 +283,12 @@ fn set_text(element: &gst::Element, property: &str, value: &str, shown: &str) ->
     let pspec = element
         .find_property(property)
         .ok_or_else(|| fail("the element has no such property".into()))?;
+    let flags = pspec.flags();
+    if !flags.contains(gst::glib::ParamFlags::WRITABLE)
+        || flags.contains(gst::glib::ParamFlags::CONSTRUCT_ONLY)
+    {
+        return Err(fail("the property cannot be set".into()));
+    }
     if pspec.value_type() == gst::glib::Type::STRING {
         element.set_property(property, value);
         return Ok(());
