@@ -301,7 +301,7 @@ fn set_text(element: &gst::Element, property: &str, value: &str, shown: &str) ->
 
 /// Per-run delivery counters shared by the appsink callback and the supervisor.
 #[derive(Debug)]
-pub struct RunStats {
+pub(crate) struct RunStats {
     started: Instant,
     frames: AtomicU64,
     /// Nanoseconds after `started` of the last frame, plus one; 0 before the first.
@@ -311,7 +311,7 @@ pub struct RunStats {
 }
 
 impl RunStats {
-    pub fn new() -> Arc<RunStats> {
+    pub(crate) fn new() -> Arc<RunStats> {
         Arc::new(RunStats {
             started: Instant::now(),
             frames: AtomicU64::new(0),
@@ -321,20 +321,20 @@ impl RunStats {
     }
 
     /// When this run's pipeline was built.
-    pub fn started(&self) -> Instant {
+    pub(crate) fn started(&self) -> Instant {
         self.started
     }
 
-    pub fn frames(&self) -> u64 {
+    pub(crate) fn frames(&self) -> u64 {
         self.frames.load(Ordering::Relaxed)
     }
 
-    pub fn bad_samples(&self) -> u64 {
+    pub(crate) fn bad_samples(&self) -> u64 {
         self.bad.load(Ordering::Relaxed)
     }
 
     /// When the last frame arrived, if any did.
-    pub fn last_frame(&self) -> Option<Instant> {
+    pub(crate) fn last_frame(&self) -> Option<Instant> {
         match self.last_frame.load(Ordering::Relaxed) {
             0 => None,
             n => Some(self.started + Duration::from_nanos(n - 1)),
@@ -350,7 +350,7 @@ impl RunStats {
 
 /// Wires the appsink to the camera's queue. The callback maps the buffer, copies it into a
 /// packed RGB [`Frame`] and pushes it (drop-oldest): it never blocks the streaming thread.
-pub fn connect_sink(
+pub(crate) fn connect_sink(
     sink: &gst_app::AppSink,
     camera: CameraId,
     queue: Arc<FrameQueue>,
@@ -471,7 +471,7 @@ pub fn check_pipeline(camera: &CameraConfig, cfg: &IngestConfig) -> Result<(), E
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A bus error message as a typed error; `scrub` removes secrets from the texts.
-pub fn bus_error(message: &gst::Message, scrub: &dyn Fn(&str) -> String) -> Error {
+pub(crate) fn bus_error(message: &gst::Message, scrub: &dyn Fn(&str) -> String) -> Error {
     match message.view() {
         gst::MessageView::Error(err) => Error::Stream {
             element: message
