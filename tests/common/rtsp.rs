@@ -21,6 +21,8 @@ pub struct RtspServer {
     port: u16,
     mount: String,
     launch: String,
+    /// Basic-auth user and password the server demands, if any.
+    credentials: Option<(String, String)>,
     running: Option<Running>,
 }
 
@@ -33,10 +35,20 @@ impl RtspServer {
     /// Serves the gst-rtsp-server launch line `launch` (its payloader named `pay0`) at
     /// `/mount` on a free port. GStreamer must be initialised.
     pub fn start(mount: &str, launch: &str) -> RtspServer {
+        Self::start_inner(mount, launch, None)
+    }
+
+    /// Like [`start`](Self::start), but clients must log in with basic auth.
+    pub fn start_with_login(mount: &str, launch: &str, user: &str, password: &str) -> RtspServer {
+        Self::start_inner(mount, launch, Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn start_inner(mount: &str, launch: &str, credentials: Option<(String, String)>) -> RtspServer {
         let mut server = RtspServer {
             port: 0,
             mount: mount.trim_start_matches('/').to_owned(),
             launch: launch.to_owned(),
+            credentials,
             running: None,
         };
         server.serve();
@@ -94,6 +106,7 @@ impl RtspServer {
     fn try_serve(&mut self) -> Result<Running, String> {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (port, mount, launch) = (self.port, self.mount.clone(), self.launch.clone());
+        let credentials = self.credentials.clone();
         let thread = std::thread::Builder::new()
             .name(format!("rtsp-server-{port}"))
             .spawn(move || {
@@ -105,6 +118,19 @@ impl RtspServer {
                 let factory = rtsp_server::RTSPMediaFactory::new();
                 factory.set_launch(&launch);
                 factory.set_shared(true);
+                if let Some((user, password)) = &credentials {
+                    let auth = rtsp_server::RTSPAuth::new();
+                    let token = rtsp_server::RTSPToken::builder()
+                        .field(rtsp_server::RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
+                        .build();
+                    auth.add_basic(&rtsp_server::RTSPAuth::make_basic(user, password), &token);
+                    server.set_auth(Some(&auth));
+                    let role = gstreamer::Structure::builder("viewer")
+                        .field(rtsp_server::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
+                        .field(rtsp_server::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, true)
+                        .build();
+                    factory.add_role_from_structure(&role);
+                }
                 server
                     .mount_points()
                     .expect("a new server has mount points")
