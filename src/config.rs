@@ -235,7 +235,11 @@ impl Config {
             }
         }
         if let Some(detect) = &self.detect {
-            files.push(("detect.engine".into(), detect.engine.clone(), FileKind::File));
+            files.push((
+                "detect.engine".into(),
+                detect.engine.clone(),
+                FileKind::File,
+            ));
             if let Some(p) = &detect.ort_library {
                 files.push(("detect.ort_library".into(), p.clone(), FileKind::File));
             }

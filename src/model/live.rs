@@ -173,7 +173,10 @@ impl LiveEncoder {
                 camera: key.0.clone(),
                 track_id: key.1,
                 embedding,
-                start: ring.slots.front().map_or(SystemTime::UNIX_EPOCH, |s| s.wall),
+                start: ring
+                    .slots
+                    .front()
+                    .map_or(SystemTime::UNIX_EPOCH, |s| s.wall),
                 end: ring.slots.back().map_or(SystemTime::UNIX_EPOCH, |s| s.wall),
                 frames: ring.slots.len(),
                 bbox: ring.bbox,
@@ -196,7 +199,8 @@ mod tests {
     use crate::model::EmotionClipConfig;
 
     fn tiny() -> EmotionClip {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/emotionclip-tiny");
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/emotionclip-tiny");
         let cfg = EmotionClipConfig::from_json_file(&dir.join("config.json")).unwrap();
         EmotionClip::load(&dir.join("weights.safetensors"), &cfg, &Device::Cpu).unwrap()
     }
@@ -242,7 +246,12 @@ mod tests {
         assert_eq!(live.tracks(), 2);
 
         for update in &updates {
-            let last = update.end.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64 / 125;
+            let last = update
+                .end
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+                / 125;
             let inputs: Vec<FrameInput> = (last - 7..=last)
                 .map(|n| live.prepare(&sample(&camera, n, update.track_id)).unwrap())
                 .collect();
@@ -262,7 +271,11 @@ mod tests {
                 .zip(&update.embedding)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0f32, f32::max);
-            assert!(diff < 1e-5, "track {} frame {last}: {diff}", update.track_id);
+            assert!(
+                diff < 1e-5,
+                "track {} frame {last}: {diff}",
+                update.track_id
+            );
             assert_eq!(update.frames, 8);
         }
         live.end_track(&(camera, 1));

@@ -42,7 +42,8 @@ pub struct ModelConfig {
     /// Most person-frames in one frame-encoder batch.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
-    /// Person-frames waiting for the encoder; beyond it new ones are dropped and counted.
+    /// Person-frames waiting for the encoder; beyond it the oldest are dropped and counted.
+    /// Small on purpose: a long queue only adds latency when the encoder cannot keep up.
     #[serde(default = "default_queue")]
     pub queue: usize,
     /// Also publish the video embedding in each message.
@@ -85,7 +86,7 @@ impl ModelConfig {
     /// The weights file to load, or `None` when the seeded random weights will run.
     pub fn weights_to_load(&self) -> Option<&Path> {
         match &self.weights {
-            Some(p) if !(self.allow_untrained && !p.exists()) => Some(p),
+            Some(p) if !self.allow_untrained || p.exists() => Some(p),
             _ => None,
         }
     }
@@ -149,8 +150,8 @@ const fn default_update_every() -> usize {
     4
 }
 const fn default_max_batch() -> usize {
-    32
+    8
 }
 const fn default_queue() -> usize {
-    64
+    16
 }

@@ -28,5 +28,5 @@ pub use live::{LiveEncoder, PersonSample, TrackKey, WindowUpdate};
 pub use live_config::{Crop, ModelConfig, ModelDevice};
 pub use readout::{Affect, Ema, Readout, ReadoutError};
 pub use readout_config::{EmotionClass, ReadoutConfig, default_classes};
-pub use stage::{EncoderInput, EncoderSender, EncoderStage, LoadedModel, StageOptions, load};
+pub use stage::{EncoderSender, EncoderStage, LoadedModel, StageOptions, load};
 pub use tokenizer::ClipTokenizer;

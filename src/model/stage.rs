@@ -14,7 +14,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use candle_core::{DType, Device};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_queue::ArrayQueue;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
@@ -23,17 +24,20 @@ use super::live_config::{ModelConfig, ModelDevice};
 use super::readout::{Ema, Readout};
 use super::readout_config::ReadoutConfig;
 use super::{ClipTokenizer, EmotionClip, EmotionClipConfig, Error};
-use crate::publish::{ModelId, PERSON_SCHEMA, PersonMessage, Publisher, WindowSpan, normalised_box};
+use crate::publish::{
+    ModelId, PERSON_SCHEMA, PersonMessage, Publisher, WindowSpan, normalised_box,
+};
 use crate::service::Beat;
 use crate::types::rfc3339;
 
 /// How long the thread waits for samples before it beats idle.
 const IDLE_WAKE: Duration = Duration::from_millis(500);
 
-/// What the tracker tells the encoder.
+/// What wakes the encoder thread besides samples.
 #[derive(Debug, Clone)]
-pub enum EncoderInput {
-    Sample(PersonSample),
+enum Control {
+    /// Samples are waiting in the ring.
+    Wake,
     /// The track was removed: free its ring and smoothing state.
     TrackEnded(TrackKey),
 }
@@ -123,27 +127,33 @@ pub struct StageOptions {
     pub include_embedding: bool,
 }
 
-/// The detector's side of the stage: never blocks.
+/// The detector's side of the stage: never blocks on samples.
+///
+/// Samples go into a bounded drop-oldest ring, like ingest's frame queues: when the encoder
+/// falls behind, the stalest samples are dropped (and counted) so that what it encodes stays
+/// recent. Track endings travel on their own channel and are never dropped.
 #[derive(Clone)]
 pub struct EncoderSender {
-    tx: Sender<EncoderInput>,
+    samples: Arc<ArrayQueue<PersonSample>>,
+    control: Sender<Control>,
     dropped: Arc<AtomicU64>,
 }
 
 impl EncoderSender {
-    /// Hands a sample over; when the encoder is behind, drops it and counts it.
+    /// Hands a sample over; when the ring is full the oldest waiting sample is dropped.
     pub fn sample(&self, sample: PersonSample) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(EncoderInput::Sample(sample)) {
+        if self.samples.force_push(sample).is_some() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+        let _ = self.control.try_send(Control::Wake);
     }
 
-    /// Tells the encoder a track ended. Waits briefly if the queue is full: losing it would
+    /// Tells the encoder a track ended. Waits briefly if the channel is full: losing it would
     /// leak the track's state.
     pub fn track_ended(&self, key: TrackKey) {
         let _ = self
-            .tx
-            .send_timeout(EncoderInput::TrackEnded(key), Duration::from_secs(1));
+            .control
+            .send_timeout(Control::TrackEnded(key), Duration::from_secs(1));
     }
 
     /// Samples dropped because the encoder was behind.
@@ -156,6 +166,8 @@ impl EncoderSender {
 pub struct EncoderStage {
     sender: EncoderSender,
     thread: JoinHandle<()>,
+    /// Disconnected when the thread ends.
+    done: Receiver<()>,
 }
 
 impl EncoderStage {
@@ -165,27 +177,47 @@ impl EncoderStage {
         publisher: Publisher,
         beat: Beat,
     ) -> std::io::Result<EncoderStage> {
-        let (tx, rx) = crossbeam_channel::bounded(options.queue);
+        let (control, rx) = crossbeam_channel::bounded(1024);
+        let samples = Arc::new(ArrayQueue::new(options.queue.max(1)));
         let sender = EncoderSender {
-            tx,
+            samples: Arc::clone(&samples),
+            control,
             dropped: Arc::default(),
         };
+        let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
         let thread = std::thread::Builder::new()
             .name("encoder".into())
-            .spawn(move || Worker::new(model, options, publisher).run(&rx, &beat))?;
-        Ok(EncoderStage { sender, thread })
+            .spawn(move || {
+                let _done = done_tx;
+                Worker::new(model, options, publisher, samples).run(&rx, &beat);
+            })?;
+        Ok(EncoderStage {
+            sender,
+            thread,
+            done,
+        })
     }
 
     pub fn sender(&self) -> EncoderSender {
         self.sender.clone()
     }
 
-    /// Waits for the thread after every sender is gone (the detector stopped first).
-    pub fn stop(self) {
+    /// Closes the input (the detector stopped first) and waits up to `timeout` for the
+    /// thread to encode what is queued and publish it. A forward still running past the
+    /// deadline is abandoned: the process is about to exit.
+    pub fn stop(self, timeout: Duration) {
         let dropped = self.sender.dropped();
         drop(self.sender);
-        let _ = self.thread.join();
-        debug!(dropped, "encoder stopped");
+        match self.done.recv_timeout(timeout) {
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = self.thread.join();
+                debug!(dropped, "encoder stopped");
+            }
+            _ => warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "encoder still busy at the shutdown deadline; its last windows are lost"
+            ),
+        }
     }
 }
 
@@ -193,56 +225,73 @@ struct Worker {
     model: LoadedModel,
     options: StageOptions,
     publisher: Publisher,
+    samples: Arc<ArrayQueue<PersonSample>>,
     smoothing: HashMap<TrackKey, Ema>,
     batch: Vec<PersonSample>,
     failures: u64,
 }
 
 impl Worker {
-    fn new(model: LoadedModel, options: StageOptions, publisher: Publisher) -> Self {
+    fn new(
+        model: LoadedModel,
+        options: StageOptions,
+        publisher: Publisher,
+        samples: Arc<ArrayQueue<PersonSample>>,
+    ) -> Self {
         Self {
             model,
             options,
             publisher,
+            samples,
             smoothing: HashMap::new(),
             batch: Vec::new(),
             failures: 0,
         }
     }
 
-    fn run(mut self, rx: &Receiver<EncoderInput>, beat: &Beat) {
+    /// One batch per turn, so track endings and heartbeats interleave with encoding even
+    /// when samples never stop coming; blocks only when no sample waits.
+    fn run(mut self, rx: &Receiver<Control>, beat: &Beat) {
         loop {
-            let first = match rx.recv_timeout(IDLE_WAKE) {
-                Ok(input) => input,
-                Err(RecvTimeoutError::Timeout) => {
-                    beat.beat();
-                    continue;
+            let control = if self.samples.is_empty() {
+                rx.recv_timeout(IDLE_WAKE)
+            } else {
+                rx.try_recv().map_err(|e| match e {
+                    TryRecvError::Empty => RecvTimeoutError::Timeout,
+                    TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                })
+            };
+            match control {
+                Ok(Control::Wake) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(Control::TrackEnded(key)) => {
+                    // Its samples still waiting count for its last window, then it is gone.
+                    self.encode_all_waiting();
+                    self.model.encoder.end_track(&key);
+                    self.smoothing.remove(&key);
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
-            };
-            beat.beat();
-            self.take(first);
-            while self.batch.len() < self.options.max_batch {
-                match rx.try_recv() {
-                    Ok(input) => self.take(input),
-                    Err(_) => break,
-                }
             }
-            self.flush();
+            beat.beat();
+            self.encode_batch();
         }
-        self.flush();
+        self.encode_all_waiting();
     }
 
-    fn take(&mut self, input: EncoderInput) {
-        match input {
-            EncoderInput::Sample(sample) => self.batch.push(sample),
-            EncoderInput::TrackEnded(key) => {
-                // Samples of the track already batched still count for its last window.
-                self.flush();
-                self.model.encoder.end_track(&key);
-                self.smoothing.remove(&key);
+    fn encode_all_waiting(&mut self) {
+        while !self.samples.is_empty() {
+            self.encode_batch();
+        }
+    }
+
+    /// Encodes up to `max_batch` waiting samples in one forward.
+    fn encode_batch(&mut self) {
+        while self.batch.len() < self.options.max_batch {
+            match self.samples.pop() {
+                Some(sample) => self.batch.push(sample),
+                None => break,
             }
         }
+        self.flush();
     }
 
     fn flush(&mut self) {
@@ -301,10 +350,10 @@ impl Worker {
                 .include_embedding
                 .then(|| update.embedding.clone()),
         };
-        let topic = self.publisher.topics().under(&format!(
-            "{}/person/{}",
-            update.camera, update.track_id
-        ));
+        let topic = self
+            .publisher
+            .topics()
+            .under(&format!("{}/person/{}", update.camera, update.track_id));
         match serde_json::to_vec(&message) {
             Ok(payload) => {
                 if let Err(e) = self.publisher.publish(topic, payload) {
@@ -329,10 +378,15 @@ mod tests {
         };
         let t0 = std::time::Instant::now();
         let loaded = load(&cfg, &ReadoutConfig::default()).unwrap();
-        eprintln!("untrained ViT-B/32 + 22 descriptions loaded in {:?}", t0.elapsed());
+        eprintln!(
+            "untrained ViT-B/32 + 22 descriptions loaded in {:?}",
+            t0.elapsed()
+        );
         assert_eq!(loaded.id.weights, "untrained");
         assert_eq!(loaded.readout.names().len(), 11);
-        let embedding: Vec<f32> = (0..512).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+        let embedding: Vec<f32> = (0..512)
+            .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+            .collect();
         let affect = loaded.readout.read(&embedding);
         assert!((affect.scores.iter().sum::<f32>() - 1.0).abs() < 1e-4);
         assert!(affect.scores.iter().all(|s| s.is_finite()));
