@@ -280,3 +280,117 @@ fn invalid_config_is_one_line_naming_the_key_and_exit_code_2() {
         );
     }
 }
+
+fn schema(name: &str) -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("schemas")
+        .join(name);
+    let value: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&value)
+        .unwrap()
+}
+
+/// `configs/demo.toml` as shipped, pointed at this test's broker.
+fn demo_config(broker: &Mosquitto) -> String {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(Path::new(repo).join("configs/demo.toml")).unwrap();
+    let text = text
+        .replace("\"../", &format!("\"{repo}/"))
+        .replace("file:../", &format!("file:{repo}/"))
+        .replace("port = 1883", &format!("port = {}", broker.port()));
+    assert!(
+        !text.contains("../"),
+        "demo.toml has a relative path this test misses"
+    );
+    text
+}
+
+#[test]
+fn demo_publishes_schema_valid_person_messages_for_the_people_walking() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::new(&broker, "affectd/#");
+    let mut daemon = Daemon::start(&demo_config(&broker));
+    let person = schema("person.v1.schema.json");
+    let track = schema("track.v1.schema.json");
+
+    // The untrained ViT-B/32 loads in seconds; a window needs 8 encoded samples of a person.
+    // On 2 busy cores the encoder gets a few person-frames/s: allow it time.
+    let wanted = 4;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let people = || -> Vec<Msg> {
+        sub.messages()
+            .into_iter()
+            .filter(|m| m.topic.starts_with("affectd/demo/walkway/person/"))
+            .collect()
+    };
+    while people().len() < wanted && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (status, _) = daemon.terminate(Duration::from_secs(6));
+    assert!(status.success(), "{}", daemon.log());
+    let messages = people();
+    assert!(
+        messages.len() >= wanted,
+        "{} person messages:\n{}",
+        messages.len(),
+        daemon.log()
+    );
+
+    let events: Vec<Value> = sub
+        .messages()
+        .iter()
+        .filter(|m| m.topic == "affectd/demo/walkway/tracks")
+        .map(json)
+        .collect();
+    for e in &events {
+        assert!(track.is_valid(e), "{e}: {:?}", track.validate(e).err());
+    }
+    let begun: Vec<u64> = events
+        .iter()
+        .filter(|e| e["event"] == "begin")
+        .filter_map(|e| e["track_id"].as_u64())
+        .collect();
+    assert!(
+        begun.len() >= 2,
+        "people walking give several tracks: {begun:?}"
+    );
+
+    let mut per_track: std::collections::BTreeMap<u64, Vec<Value>> = Default::default();
+    for m in &messages {
+        let v = json(m);
+        assert!(person.is_valid(&v), "{v}: {:?}", person.validate(&v).err());
+        let id = v["track_id"].as_u64().unwrap();
+        assert_eq!(m.topic, format!("affectd/demo/walkway/person/{id}"));
+        assert!(begun.contains(&id), "person {id} has no begin event");
+        assert_eq!(v["model"]["weights"], "untrained");
+        assert_eq!(v["window"]["frames"], 8);
+        let sum: f64 = v["scores"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|s| s.as_f64().unwrap())
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-3, "scores sum to {sum}");
+        assert_eq!(v["scores"].as_object().unwrap().len(), 11);
+        let latency = v["latency_ms"].as_f64().unwrap();
+        assert!(latency > 0.0 && latency < 60_000.0, "latency {latency} ms");
+        per_track.entry(id).or_default().push(v);
+    }
+    // Rate: a track publishes at most once per `update_every` (2) samples, taken every
+    // `stride` (3) frames at 8 FPS: consecutive windows of a track end >= 0.75 s apart.
+    for (id, msgs) in &per_track {
+        let mut ends: Vec<chrono::DateTime<chrono::FixedOffset>> = msgs
+            .iter()
+            .map(|v| {
+                chrono::DateTime::parse_from_rfc3339(v["window"]["end"].as_str().unwrap()).unwrap()
+            })
+            .collect();
+        ends.sort();
+        for pair in ends.windows(2) {
+            let gap = (pair[1] - pair[0]).num_milliseconds();
+            assert!(gap >= 700, "track {id}: windows {gap} ms apart");
+        }
+    }
+}
