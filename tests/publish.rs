@@ -428,3 +428,32 @@ async fn tls_with_a_ca_file_and_mutual_tls_with_a_client_certificate() {
     assert!(tls.shutdown(Duration::from_secs(5)).await.flushed);
     assert!(mtls.shutdown(Duration::from_secs(5)).await.flushed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_reports_reachable_and_refusing_brokers() {
+    let broker = Mosquitto::with(Options {
+        users: vec![("affectd".into(), "pw".into())],
+        ..Options::default()
+    });
+    let password = broker.dir().join("password");
+    std::fs::write(&password, "pw\n").unwrap();
+    let good = MqttConfig {
+        username: Some("affectd".into()),
+        password_file: Some(password),
+        ..config(broker.port())
+    };
+    let took = publish::probe(&good, "n8", WAIT).await.expect("reachable");
+    eprintln!("probe connected in {took:?}");
+
+    let anonymous = publish::probe(&config(broker.port()), "n8", WAIT)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(anonymous.contains("NotAuthorized"), "{anonymous}");
+    let dead = publish::probe(&config(mosquitto::free_port()), "n8", WAIT)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(dead.starts_with("127.0.0.1:"), "{dead}");
+    eprintln!("probe errors: {anonymous} | {dead}");
+}

@@ -173,7 +173,8 @@ impl Drop for Shared {
 /// the broker publishes the last will `offline` if the connection dies.
 pub fn start(config: &MqttConfig, node: &str) -> Result<Publisher, Error> {
     let topics = Topics::new(&config.topic_prefix, node);
-    let options = mqtt_options(config, node, &topics)?;
+    let will = LastWill::new(topics.node_status(), "offline", QoS::AtLeastOnce, true);
+    let options = mqtt_options(config, config.client_id_for(node), Some(will))?;
     let (client, eventloop) = AsyncClient::new(options, WINDOW + 8);
     let mut outbox = Outbox::new(config.outbox_capacity, topics.node_status());
     outbox.push_state(topics.node_status(), b"online".to_vec());
@@ -215,19 +216,22 @@ pub fn start(config: &MqttConfig, node: &str) -> Result<Publisher, Error> {
     Ok(Publisher { shared })
 }
 
-fn mqtt_options(config: &MqttConfig, node: &str, topics: &Topics) -> Result<MqttOptions, Error> {
-    let mut options = MqttOptions::new(config.client_id_for(node), &config.host, config.port);
+/// Client options from the config: credentials read from `password_file`, TLS built from
+/// `[mqtt.tls]`; `will` is the last will, if any.
+pub(crate) fn mqtt_options(
+    config: &MqttConfig,
+    client_id: String,
+    will: Option<LastWill>,
+) -> Result<MqttOptions, Error> {
+    let mut options = MqttOptions::new(client_id, &config.host, config.port);
     options
         .set_keep_alive(Duration::from_secs(config.keep_alive_s))
         .set_clean_session(true)
         .set_inflight(WINDOW as u16)
-        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
-        .set_last_will(LastWill::new(
-            topics.node_status(),
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    if let Some(will) = will {
+        options.set_last_will(will);
+    }
     if let Some(username) = &config.username {
         let password = match &config.password_file {
             Some(path) => Some(Secret::from_file("mqtt.password_file", path)?),
@@ -621,15 +625,25 @@ impl Backoff {
         }
     }
 
+    /// The next delay: the doubling step, shortened by up to a quarter at random so that many
+    /// clients of a restarted broker do not all come back at the same instant.
     fn next(&mut self) -> Duration {
         let delay = self.next;
         self.next = (self.next * 2).min(self.max);
-        delay
+        delay.mul_f64(1.0 - 0.25 * random_unit())
     }
 
     fn reset(&mut self) {
         self.next = self.start;
     }
+}
+
+/// A number in [0, 1) from the standard library's per-process random hash keys.
+fn random_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Rate-limits connection error logs: the first failure in a row is logged, then at most one
@@ -693,10 +707,12 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
-        let got: Vec<_> = (0..5).map(|_| b.next().as_millis()).collect();
-        assert_eq!(got, [100, 200, 400, 500, 500]);
+        for step in [100, 200, 400, 500, 500] {
+            let d = b.next().as_millis();
+            assert!(step * 3 / 4 <= d && d <= step, "{d} for step {step}");
+        }
         b.reset();
-        assert_eq!(b.next().as_millis(), 100);
+        assert!(b.next().as_millis() <= 100);
     }
 
     #[test]
