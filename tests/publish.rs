@@ -84,12 +84,11 @@ fn the_broker_publishes_the_will_when_the_process_dies() {
     let broker = Mosquitto::start();
     let sub = Subscriber::new(&broker, "affectd/n2/status");
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        start_connected(&config(broker.port()), "n2").await;
-    });
+    let publisher = runtime.block_on(start_connected(&config(broker.port()), "n2"));
     assert!(sub.wait_for(WAIT, |m| m.text() == "online").is_some());
     // Dropping the runtime kills the event loop: the socket closes without DISCONNECT.
     drop(runtime);
+    drop(publisher);
     assert!(sub.wait_for(WAIT, |m| m.text() == "offline").is_some());
     assert_eq!(
         retained(&broker, "affectd/n2/status").as_deref(),

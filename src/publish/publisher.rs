@@ -126,7 +126,8 @@ impl fmt::Display for ShutdownReport {
 }
 
 /// A cheap, clonable handle to the MQTT connection. Every method is non-blocking except
-/// [`Publisher::shutdown`].
+/// [`Publisher::shutdown`]. Dropping every handle without `shutdown` ends the event loop at
+/// once: queued messages are lost and the broker publishes the last will (`offline`).
 #[derive(Clone)]
 pub struct Publisher {
     shared: Arc<Shared>,
