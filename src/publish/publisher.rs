@@ -159,6 +159,8 @@ struct Link {
     /// The event loop wrote our DISCONNECT.
     disconnect_sent: bool,
     last_error: Option<String>,
+    /// When a drop was last logged.
+    drop_logged: Option<Instant>,
     stats: Stats,
 }
 
@@ -169,10 +171,12 @@ impl Drop for Shared {
 }
 
 /// Connects to the broker described by `config` as node `node` and starts the event-loop task
-/// on the current tokio runtime. Returns at once: connecting happens in the background (see
+/// on the current tokio runtime (call it from within one). Returns at once: connecting happens in the background (see
 /// [`Publisher::connected`]). The node's status is `online` (retained) from the first CONNACK;
 /// the broker publishes the last will `offline` if the connection dies.
 pub fn start(config: &MqttConfig, node: &str) -> Result<Publisher, Error> {
+    config.validate("mqtt")?;
+    crate::config::validate_id("node.id", node)?;
     let topics = Topics::new(&config.topic_prefix, node);
     let will = LastWill::new(topics.node_status(), "offline", QoS::AtLeastOnce, true);
     let options = mqtt_options(config, config.client_id_for(node), Some(will))?;
@@ -190,6 +194,7 @@ pub fn start(config: &MqttConfig, node: &str) -> Result<Publisher, Error> {
             in_flight: 0,
             disconnect_sent: false,
             last_error: None,
+            drop_logged: None,
             stats: Stats::default(),
         }),
         connected: watch::Sender::new(false),
@@ -278,7 +283,9 @@ impl Publisher {
         };
         let mut link = self.shared.link.lock();
         link.admit(&message.topic, message.payload.len())?;
-        link.outbox.push_result(message);
+        if link.outbox.push_result(message) {
+            link.dropped_one();
+        }
         link.stats.accepted += 1;
         self.shared.pump(&mut link);
         Ok(())
@@ -414,6 +421,18 @@ impl fmt::Debug for Publisher {
 }
 
 impl Link {
+    /// Logs outbox overflow, at most once per [`LOG_EVERY`].
+    fn dropped_one(&mut self) {
+        if self.drop_logged.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            self.drop_logged = Some(Instant::now());
+            tracing::warn!(
+                dropped = self.outbox.dropped_results,
+                connected = self.connected,
+                "MQTT outbox full; dropping the oldest results"
+            );
+        }
+    }
+
     /// Checks a message before it is queued; counts refusals.
     fn admit(&mut self, topic: &str, payload_len: usize) -> Result<(), PublishError> {
         let refused = if self.closing {
@@ -729,6 +748,21 @@ mod tests {
             ConnectReturnCode::NotAuthorized
         )));
         assert!(!operator_must_act(&ConnectionError::NetworkTimeout));
+    }
+
+    #[tokio::test]
+    async fn start_refuses_bad_config_naming_the_key() {
+        let config = MqttConfig {
+            username: Some("u".into()),
+            password_file: Some("/nonexistent/affectd-password".into()),
+            ..MqttConfig::default()
+        };
+        let e = start(&config, "unit").unwrap_err().to_string();
+        assert!(e.starts_with("mqtt.password_file: cannot read"), "{e}");
+        let e = start(&MqttConfig::default(), "a/b")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("node.id: "), "{e}");
     }
 
     #[tokio::test]
