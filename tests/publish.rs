@@ -456,3 +456,54 @@ async fn probe_reports_reachable_and_refusing_brokers() {
     assert!(dead.starts_with("127.0.0.1:"), "{dead}");
     eprintln!("probe errors: {anonymous} | {dead}");
 }
+
+/// Log lines captured from the tracing subscriber installed by the test.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// Single-threaded runtime: the event-loop task logs on this thread, into this subscriber.
+#[tokio::test]
+async fn a_refused_login_is_logged_as_an_error_without_the_password() {
+    let broker = Mosquitto::with(Options {
+        users: vec![("affectd".into(), "right-password".into())],
+        ..Options::default()
+    });
+    let file = broker.dir().join("password");
+    std::fs::write(&file, "hunter2-wrong\n").unwrap();
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    let config = MqttConfig {
+        username: Some("affectd".into()),
+        password_file: Some(file),
+        ..config(broker.port())
+    };
+    let publisher = publish::start(&config, "n9").unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    publisher.shutdown(Duration::from_millis(100)).await;
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        log.contains("ERROR") && log.contains("MQTT broker refuses this client"),
+        "{log}"
+    );
+    // Rate-limited: one ERROR line although it failed several times.
+    assert_eq!(log.matches("ERROR").count(), 1, "{log}");
+    assert!(publisher.stats().connection_errors >= 2);
+    assert!(!log.contains("hunter2"), "{log}");
+}

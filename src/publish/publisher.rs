@@ -211,6 +211,7 @@ pub fn start(config: &MqttConfig, node: &str) -> Result<Publisher, Error> {
         shared.stop.clone(),
         eventloop,
         reconnect_max,
+        format!("{}:{}", config.host, config.port),
     ));
     *shared.task.lock() = Some(task);
     tracing::info!(
@@ -570,9 +571,13 @@ async fn run(
     stop: CancellationToken,
     mut eventloop: EventLoop,
     reconnect_max: Duration,
+    broker: String,
 ) {
     let mut backoff = Backoff::new(BACKOFF_START.min(reconnect_max), reconnect_max);
-    let mut errors = ErrorLog::default();
+    let mut errors = ErrorLog {
+        broker,
+        ..ErrorLog::default()
+    };
     let mut connected_at: Option<Instant> = None;
     loop {
         let polled = tokio::select! {
@@ -670,6 +675,8 @@ fn random_unit() -> f64 {
 /// line per [`LOG_EVERY`] with the count; the rest go to DEBUG.
 #[derive(Debug, Default)]
 struct ErrorLog {
+    /// `host:port`, for the operator reading the log.
+    broker: String,
     failures: u64,
     last_logged: Option<Instant>,
 }
@@ -680,27 +687,28 @@ impl ErrorLog {
         let due = self.last_logged.is_none_or(|t| t.elapsed() >= LOG_EVERY);
         let retry_ms = retry_in.as_millis() as u64;
         if !due {
-            tracing::debug!(%error, failures = self.failures, retry_ms, "MQTT connection failed");
+            tracing::debug!(broker = %self.broker, %error, failures = self.failures, retry_ms, "MQTT connection failed");
             return;
         }
         self.last_logged = Some(Instant::now());
         if operator_must_act(error) {
             tracing::error!(
+                broker = %self.broker,
                 %error,
                 failures = self.failures,
                 retry_ms,
                 "MQTT broker refuses this client; check credentials and TLS settings"
             );
         } else {
-            tracing::warn!(%error, failures = self.failures, retry_ms, "MQTT connection failed; retrying");
+            tracing::warn!(broker = %self.broker, %error, failures = self.failures, retry_ms, "MQTT connection failed; retrying");
         }
     }
 
     fn connected(&mut self) {
         if self.failures > 0 {
-            tracing::info!(failures = self.failures, "MQTT connected again");
+            tracing::info!(broker = %self.broker, failures = self.failures, "MQTT connected again");
         } else {
-            tracing::info!("MQTT connected");
+            tracing::info!(broker = %self.broker, "MQTT connected");
         }
         self.failures = 0;
         self.last_logged = None;
