@@ -507,3 +507,44 @@ async fn a_refused_login_is_logged_as_an_error_without_the_password() {
     assert!(publisher.stats().connection_errors >= 2);
     assert!(!log.contains("hunter2"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_in_flight_when_the_broker_dies_are_sent_again() {
+    let mut broker = Mosquitto::start();
+    let config = MqttConfig {
+        outbox_capacity: 50_000,
+        ..config(broker.port())
+    };
+    let publisher = start_connected(&config, "n10").await;
+    let n = 20_000u64;
+    for i in 0..n {
+        publisher
+            .publish("affectd/n10/results", i.to_string())
+            .unwrap();
+    }
+    // Kill the broker mid-stream: some results are on the wire, unacknowledged.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    broker.stop();
+    wait_until(publisher.connected(), false, "disconnect").await;
+    let at_crash = publisher.stats();
+    eprintln!("at the crash: {at_crash:?}");
+    assert!(at_crash.acked < n, "the broker died too late for this test");
+    assert!(at_crash.requeued > 0, "{at_crash:?}");
+    broker.restart();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let s = publisher.stats();
+            if s.queued == 0 && s.in_flight == 0 && s.connects >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("everything acknowledged after the restart");
+    let stats = publisher.stats();
+    // Each result acknowledged exactly once (plus one `online` per connect): the books balance.
+    assert_eq!(stats.acked, n + stats.connects, "{stats:?}");
+    assert_eq!(stats.dropped, 0);
+    assert!(publisher.shutdown(Duration::from_secs(5)).await.flushed);
+}
