@@ -548,3 +548,43 @@ async fn messages_in_flight_when_the_broker_dies_are_sent_again() {
     assert_eq!(stats.dropped, 0);
     assert!(publisher.shutdown(Duration::from_secs(5)).await.flushed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_at_qos_0_and_2_are_delivered_and_accounted() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::new(&broker, "affectd/+/results");
+    for qos in [0u8, 2] {
+        let node = format!("q{qos}");
+        let config = MqttConfig {
+            qos,
+            ..config(broker.port())
+        };
+        let publisher = start_connected(&config, &node).await;
+        let topic = format!("affectd/{node}/results");
+        for i in 0..200 {
+            publisher.publish(topic.as_str(), i.to_string()).unwrap();
+        }
+        let last = sub.wait_for(WAIT, |m| m.topic == topic && m.text() == "199");
+        assert!(
+            last.is_some(),
+            "qos {qos}: last result arrived; {:?} got {:?}\n{}",
+            publisher.stats(),
+            sub.messages()
+                .iter()
+                .map(|m| (m.topic.clone(), m.text()))
+                .collect::<Vec<_>>(),
+            broker.log()
+        );
+        let report = publisher.shutdown(Duration::from_secs(5)).await;
+        assert!(report.flushed && report.disconnected, "qos {qos}: {report}");
+        let stats = publisher.stats();
+        // 200 results, `online` and `offline`.
+        assert_eq!(
+            (stats.acked, stats.in_flight),
+            (202, 0),
+            "qos {qos}: {stats:?}"
+        );
+        let got = sub.messages().iter().filter(|m| m.topic == topic).count();
+        assert_eq!(got, 200, "qos {qos}");
+    }
+}

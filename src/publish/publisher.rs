@@ -2,7 +2,7 @@
 //! [`Publisher`] handle that the pipeline uses to send without ever waiting.
 //!
 //! Flow: `Publisher::publish*` puts a message in the [`Outbox`] and, while connected, hands
-//! messages to rumqttc with `try_publish`, at most [`WINDOW`] not yet acknowledged. The
+//! messages to rumqttc with `try_publish`, at most `mqtt.max_inflight` not yet acknowledged. The
 //! event-loop task counts acknowledgements, which opens the window again. When the connection
 //! breaks, every message rumqttc still held (sent but unacknowledged, or not yet sent) is taken
 //! back into the outbox and sent again after the reconnect (QoS 1 means at least once: a
@@ -28,9 +28,6 @@ use super::topics::{Topics, topic_problem};
 use super::{MqttConfig, tls};
 use crate::config::{ConfigError, Secret};
 
-/// Messages handed to rumqttc and not yet acknowledged, at most. Equal to rumqttc's inflight
-/// limit, so rumqttc never has to hold a request back (nor reuse a packet id in flight).
-const WINDOW: usize = 100;
 /// Largest MQTT packet sent or accepted; larger publishes are refused by `publish`.
 pub const MAX_PACKET_BYTES: usize = 256 * 1024;
 /// First delay after a failed connect; doubled per failure up to `reconnect_max_s`.
@@ -135,6 +132,8 @@ pub struct Publisher {
 
 struct Shared {
     client: AsyncClient,
+    /// Messages handed to rumqttc and not yet acknowledged, at most (`mqtt.max_inflight`).
+    window: usize,
     topics: Topics,
     qos: QoS,
     status_interval: Duration,
@@ -180,11 +179,13 @@ pub fn start(config: &MqttConfig, node: &str) -> Result<Publisher, Error> {
     let topics = Topics::new(&config.topic_prefix, node);
     let will = LastWill::new(topics.node_status(), "offline", QoS::AtLeastOnce, true);
     let options = mqtt_options(config, config.client_id_for(node), Some(will))?;
-    let (client, eventloop) = AsyncClient::new(options, WINDOW + 8);
+    let window = usize::from(config.max_inflight);
+    let (client, eventloop) = AsyncClient::new(options, window + 8);
     let mut outbox = Outbox::new(config.outbox_capacity, topics.node_status());
     outbox.push_state(topics.node_status(), b"online".to_vec());
     let shared = Arc::new(Shared {
         client,
+        window,
         qos: qos(config.qos),
         status_interval: Duration::from_secs_f64(config.status_interval_s),
         link: Mutex::new(Link {
@@ -234,7 +235,8 @@ pub(crate) fn mqtt_options(
     options
         .set_keep_alive(Duration::from_secs(config.keep_alive_s))
         .set_clean_session(true)
-        .set_inflight(WINDOW as u16)
+        // Our window equals rumqttc's: it never holds a request back nor reuses a packet id.
+        .set_inflight(config.max_inflight)
         .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     if let Some(will) = will {
         options.set_last_will(will);
@@ -461,7 +463,7 @@ impl Link {
 impl Shared {
     /// Hands queued messages to rumqttc while connected and the window has room.
     fn pump(&self, link: &mut Link) {
-        while link.connected && link.in_flight < WINDOW {
+        while link.connected && link.in_flight < self.window {
             let Some(message) = link.outbox.pop() else {
                 break;
             };
@@ -478,7 +480,7 @@ impl Shared {
                 }
                 Err(e) => {
                     // Only possible if the event loop is gone or its channel is full.
-                    if let Some(message) = message_of(e.into_request()) {
+                    if let Some(message) = message_of(request_of(e)) {
                         link.outbox.unpop(message);
                     }
                     break;
@@ -525,7 +527,10 @@ impl Shared {
                 }
                 // QoS 2 past PUBREC: the broker has the message; the new session cannot finish
                 // the handshake, so count it as done.
-                Request::PubRel(_) => taken_back += 1,
+                Request::PubRel(_) => {
+                    taken_back += 1;
+                    link.stats.acked += 1;
+                }
                 _ => {}
             }
         }
@@ -552,15 +557,10 @@ fn message_of(request: Request) -> Option<Message> {
     }
 }
 
-trait IntoRequest {
-    fn into_request(self) -> Request;
-}
-
-impl IntoRequest for rumqttc::ClientError {
-    fn into_request(self) -> Request {
-        match self {
-            rumqttc::ClientError::Request(r) | rumqttc::ClientError::TryRequest(r) => r,
-        }
+/// The request a failed `try_publish` hands back.
+fn request_of(error: rumqttc::ClientError) -> Request {
+    match error {
+        rumqttc::ClientError::Request(r) | rumqttc::ClientError::TryRequest(r) => r,
     }
 }
 
