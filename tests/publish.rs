@@ -593,3 +593,26 @@ async fn results_at_qos_0_and_2_are_delivered_and_accounted() {
         assert_eq!(got, 200, "qos {qos}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_status_changes_is_coalesced_to_the_latest() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::new(&broker, "affectd/n11/cam/status");
+    let publisher = start_connected(&config(broker.port()), "n11").await;
+    let (tx, rx) = watch::channel(CameraStatus::starting());
+    let _task = publish::spawn_camera_status(publisher.clone(), vec![(Arc::from("cam"), rx)]);
+    assert!(sub.wait_for(|_| true, WAIT).is_some());
+    // 1000 changes in a tight loop (as if updated per frame).
+    for i in 1..=1000u64 {
+        tx.send_modify(|s| s.frames_dropped = i);
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        sub.wait_for(|m| json(&m.payload)["frames_dropped"] == 1000, WAIT)
+            .is_some(),
+        "the latest value arrives"
+    );
+    let sent = sub.messages().len();
+    assert!(sent <= 10, "{sent} messages for a burst of 1000 changes");
+    publisher.shutdown(Duration::from_secs(5)).await;
+}
