@@ -39,7 +39,7 @@ async fn start_connected(config: &MqttConfig, node: &str) -> Publisher {
 /// The retained message a fresh subscriber gets on `topic`.
 fn retained(broker: &Mosquitto, topic: &str) -> Option<String> {
     let sub = Subscriber::new(broker, topic);
-    sub.wait_for(|m| m.topic == topic && m.retain, Duration::from_secs(2))
+    sub.wait_for(Duration::from_secs(2), |m| m.topic == topic && m.retain)
         .map(|m| m.text())
 }
 
@@ -54,7 +54,7 @@ async fn online_is_retained_on_connect_and_offline_after_clean_shutdown() {
     // A subscriber that connects later still sees `online`: it is retained.
     let sub = Subscriber::new(&broker, "affectd/n1/status");
     let online = sub
-        .wait_for(|m| m.text() == "online", WAIT)
+        .wait_for(WAIT, |m| m.text() == "online")
         .expect("online");
     assert!(online.retain);
 
@@ -62,7 +62,7 @@ async fn online_is_retained_on_connect_and_offline_after_clean_shutdown() {
     eprintln!("shutdown: {report}");
     assert!(report.flushed && report.disconnected, "{report}");
     assert_eq!((report.unsent, report.unacked), (0, 0));
-    assert!(sub.wait_for(|m| m.text() == "offline", WAIT).is_some());
+    assert!(sub.wait_for(WAIT, |m| m.text() == "offline").is_some());
     assert_eq!(
         retained(&broker, "affectd/n1/status").as_deref(),
         Some("offline")
@@ -85,11 +85,11 @@ fn the_broker_publishes_the_will_when_the_process_dies() {
     let sub = Subscriber::new(&broker, "affectd/n2/status");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let publisher = runtime.block_on(start_connected(&config(broker.port()), "n2"));
-    assert!(sub.wait_for(|m| m.text() == "online", WAIT).is_some());
+    assert!(sub.wait_for(WAIT, |m| m.text() == "online").is_some());
     // Dropping the runtime kills the event loop: the socket closes without DISCONNECT.
     drop(runtime);
     drop(publisher);
-    assert!(sub.wait_for(|m| m.text() == "offline", WAIT).is_some());
+    assert!(sub.wait_for(WAIT, |m| m.text() == "offline").is_some());
     assert_eq!(
         retained(&broker, "affectd/n2/status").as_deref(),
         Some("offline")
@@ -110,7 +110,7 @@ async fn camera_status_json_arrives_changes_propagate_and_repeats() {
     let task = publish::spawn_camera_status(publisher.clone(), vec![(cam, rx)]);
 
     let topic = "affectd/n3/door/status";
-    let first = sub.wait_for(|m| m.topic == topic, WAIT).expect("status");
+    let first = sub.wait_for(WAIT, |m| m.topic == topic).expect("status");
     let v = json(&first.payload);
     assert_eq!(v["state"], "starting");
     for key in ["fps", "frames_dropped", "restarts", "last_error", "since"] {
@@ -124,10 +124,9 @@ async fn camera_status_json_arrives_changes_propagate_and_repeats() {
         s.restarts = 1;
     });
     let streaming = sub
-        .wait_for(
-            |m| m.topic == topic && json(&m.payload)["state"] == "streaming",
-            WAIT,
-        )
+        .wait_for(WAIT, |m| {
+            m.topic == topic && json(&m.payload)["state"] == "streaming"
+        })
         .expect("streaming");
     let v = json(&streaming.payload);
     assert_eq!(v["fps"].as_f64(), Some(7.9));
@@ -174,7 +173,7 @@ async fn broker_restart_is_survived() {
         let topic = format!("affectd/n4/{cam}/status");
         let sub = Subscriber::new(&broker, &topic);
         assert!(
-            sub.wait_for(|m| json(&m.payload)["state"] == "streaming", WAIT)
+            sub.wait_for(WAIT, |m| json(&m.payload)["state"] == "streaming")
                 .is_some()
         );
     }
@@ -228,7 +227,7 @@ async fn broker_restart_is_survived() {
     for i in 0..50 {
         let want = i.to_string();
         assert!(
-            results.wait_for(|m| m.text() == want, WAIT).is_some(),
+            results.wait_for(WAIT, |m| m.text() == want).is_some(),
             "result {i} lost"
         );
     }
@@ -335,7 +334,7 @@ async fn password_login_works_and_a_wrong_password_is_reported_and_retried() {
         "affectd/n7/status",
         Some(("affectd", "s3cret pass")),
     );
-    assert!(sub.wait_for(|m| m.text() == "online", WAIT).is_some());
+    assert!(sub.wait_for(WAIT, |m| m.text() == "online").is_some());
 
     let refused_config = MqttConfig {
         client_id: Some("affectd-n7-bad".into()),
@@ -376,11 +375,9 @@ async fn tls_with_a_ca_file_and_mutual_tls_with_a_client_certificate() {
     };
     let tls = start_connected(&tls_config, "tls").await;
     assert!(
-        sub.wait_for(
-            |m| m.topic == "affectd/tls/status" && m.text() == "online",
-            WAIT
-        )
-        .is_some()
+        sub.wait_for(WAIT, |m| m.topic == "affectd/tls/status"
+            && m.text() == "online")
+            .is_some()
     );
 
     let mtls_config = MqttConfig {
@@ -393,11 +390,9 @@ async fn tls_with_a_ca_file_and_mutual_tls_with_a_client_certificate() {
     };
     let mtls = start_connected(&mtls_config, "mtls").await;
     assert!(
-        sub.wait_for(
-            |m| m.topic == "affectd/mtls/status" && m.text() == "online",
-            WAIT
-        )
-        .is_some()
+        sub.wait_for(WAIT, |m| m.topic == "affectd/mtls/status"
+            && m.text() == "online")
+            .is_some()
     );
 
     // Without a client certificate the mutual-TLS listener refuses: reported, retried.
@@ -569,7 +564,7 @@ async fn results_at_qos_0_and_2_are_delivered_and_accounted() {
         for i in 0..200 {
             publisher.publish(topic.as_str(), i.to_string()).unwrap();
         }
-        let last = sub.wait_for(|m| m.topic == topic && m.text() == "199", WAIT);
+        let last = sub.wait_for(WAIT, |m| m.topic == topic && m.text() == "199");
         assert!(
             last.is_some(),
             "qos {qos}: last result arrived; {:?} got {:?}\n{}",
@@ -601,14 +596,14 @@ async fn a_burst_of_status_changes_is_coalesced_to_the_latest() {
     let publisher = start_connected(&config(broker.port()), "n11").await;
     let (tx, rx) = watch::channel(CameraStatus::starting());
     let _task = publish::spawn_camera_status(publisher.clone(), vec![(Arc::from("cam"), rx)]);
-    assert!(sub.wait_for(|_| true, WAIT).is_some());
+    assert!(sub.wait_for(WAIT, |_| true).is_some());
     // 1000 changes in a tight loop (as if updated per frame).
     for i in 1..=1000u64 {
         tx.send_modify(|s| s.frames_dropped = i);
         tokio::task::yield_now().await;
     }
     assert!(
-        sub.wait_for(|m| json(&m.payload)["frames_dropped"] == 1000, WAIT)
+        sub.wait_for(WAIT, |m| json(&m.payload)["frames_dropped"] == 1000)
             .is_some(),
         "the latest value arrives"
     );

@@ -456,16 +456,16 @@ impl Subscriber {
     }
 
     /// The first received message matching `pred`, waiting up to `timeout` for it.
-    pub fn wait_for(&self, pred: impl Fn(&Msg) -> bool, timeout: Duration) -> Option<Msg> {
-        self.wait_for_after(0, pred, timeout)
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Msg) -> bool) -> Option<Msg> {
+        self.wait_for_after(0, timeout, pred)
     }
 
     /// Like [`Subscriber::wait_for`], looking only at messages after `mark`.
     pub fn wait_for_after(
         &self,
         mark: usize,
-        pred: impl Fn(&Msg) -> bool,
         timeout: Duration,
+        pred: impl Fn(&Msg) -> bool,
     ) -> Option<Msg> {
         let (lock, cvar) = &*self.inbox;
         let deadline = Instant::now() + timeout;
