@@ -9,9 +9,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::ingest::{CameraConfig, IngestConfig};
+use crate::detect::DetectConfig;
+use crate::ingest::{CameraConfig, IngestConfig, Source};
+use crate::model::{ModelConfig, ReadoutConfig};
 use crate::publish::MqttConfig;
 use crate::service::ServiceConfig;
+use crate::track::TrackConfig;
+use crate::window::WindowConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,9 +29,25 @@ pub struct Config {
     /// Settings shared by every camera's ingest pipeline.
     #[serde(default)]
     pub ingest: IngestConfig,
+    /// The person detector: engine, ONNX Runtime, thresholds. Absent: no analytics, only
+    /// ingest and camera status.
+    #[serde(default)]
+    pub detect: Option<DetectConfig>,
+    /// The multi-person tracker.
+    #[serde(default)]
+    pub track: TrackConfig,
+    /// Per-track frame windows for the emotion model.
+    #[serde(default)]
+    pub window: WindowConfig,
     /// The MQTT broker that receives status and results.
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// The EmotionCLIP encoder. Absent: no emotion analytics (ingest and status only).
+    #[serde(default)]
+    pub model: Option<ModelConfig>,
+    /// Emotion classes and valence/arousal read-out.
+    #[serde(default)]
+    pub readout: ReadoutConfig,
     /// Process supervision: shutdown and health.
     #[serde(default)]
     pub service: ServiceConfig,
@@ -75,7 +95,8 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Reads, parses and validates the file at `path`.
+    /// Reads, parses and validates the file at `path` (without touching other files: see
+    /// [`Config::check_files`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -135,7 +156,14 @@ impl Config {
             camera.resolve_paths(&base);
         }
         self.ingest.resolve_paths(&base);
+        if let Some(detect) = &mut self.detect {
+            detect.resolve_paths(&base);
+        }
         self.mqtt.resolve_paths(&base);
+        self.readout.resolve_paths(&base);
+        if let Some(model) = &mut self.model {
+            model.resolve_paths(&base);
+        }
     }
 
     /// Checks every section; the first problem found is returned.
@@ -157,15 +185,97 @@ impl Config {
             }
         }
         self.ingest.validate("ingest")?;
+        if let Some(detect) = &self.detect {
+            detect.validate("detect")?;
+        }
+        self.track.validate("track")?;
+        self.window.validate("window")?;
         self.mqtt.validate("mqtt")?;
+        if let Some(model) = &self.model {
+            if self.detect.is_none() {
+                return Err(ConfigError::invalid(
+                    "model",
+                    "needs a [detect] section: the encoder runs on detected persons",
+                ));
+            }
+            model.validate("model")?;
+        }
+        self.readout.validate("readout")?;
         self.service.validate("service")?;
         Ok(())
+    }
+
+    /// Every file or folder the config names, with its key: what `check_files` opens.
+    pub fn referenced_files(&self) -> Vec<(String, PathBuf, FileKind)> {
+        let mut files = Vec::new();
+        for (i, camera) in self.cameras.iter().enumerate() {
+            if let Some(p) = &camera.password_file {
+                files.push((
+                    format!("camera[{i}].password_file"),
+                    p.clone(),
+                    FileKind::File,
+                ));
+            }
+            if let Ok(Source::File(p)) = camera.source() {
+                files.push((format!("camera[{i}].uri"), p, FileKind::File));
+            }
+        }
+        if let Some(p) = &self.ingest.pipelines_dir {
+            files.push(("ingest.pipelines_dir".into(), p.clone(), FileKind::Dir));
+        }
+        if let Some(p) = &self.mqtt.password_file {
+            files.push(("mqtt.password_file".into(), p.clone(), FileKind::File));
+        }
+        if let Some(model) = &self.model {
+            if let Some(p) = model.weights_to_load() {
+                files.push(("model.weights".into(), p.to_owned(), FileKind::File));
+            }
+            if let Some(p) = &model.config {
+                files.push(("model.config".into(), p.clone(), FileKind::File));
+            }
+        }
+        if let Some(detect) = &self.detect {
+            files.push(("detect.engine".into(), detect.engine.clone(), FileKind::File));
+            if let Some(p) = &detect.ort_library {
+                files.push(("detect.ort_library".into(), p.clone(), FileKind::File));
+            }
+        }
+        if let Some(p) = &self.readout.heads_file {
+            files.push(("readout.heads_file".into(), p.clone(), FileKind::File));
+        }
+        if let Some(tls) = &self.mqtt.tls {
+            for (name, p) in [
+                ("ca_file", &tls.ca_file),
+                ("client_cert_file", &tls.client_cert_file),
+                ("client_key_file", &tls.client_key_file),
+            ] {
+                if let Some(p) = p {
+                    files.push((format!("mqtt.tls.{name}"), p.clone(), FileKind::File));
+                }
+            }
+        }
+        files
+    }
+
+    /// Checks that every file the config names can be read: the part of validation that
+    /// depends on the machine. `run` and `check` call it after `load`.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        self.referenced_files()
+            .iter()
+            .try_for_each(|(key, path, kind)| check_file(key, path, *kind))
     }
 
     /// The cameras that are switched on.
     pub fn enabled_cameras(&self) -> impl Iterator<Item = &CameraConfig> {
         self.cameras.iter().filter(|c| c.enabled)
     }
+}
+
+/// What a config key names on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
 }
 
 /// Ids become MQTT topic levels and log fields: keep them to a safe alphabet.
@@ -208,6 +318,18 @@ pub fn check_range<T: PartialOrd + fmt::Display>(
         ));
     }
     Ok(())
+}
+
+/// Checks that `path`, named by `key`, is a readable file or an existing folder.
+pub fn check_file(key: &str, path: &Path, kind: FileKind) -> Result<(), ConfigError> {
+    match kind {
+        FileKind::File => check_readable(key, path),
+        FileKind::Dir if path.is_dir() => Ok(()),
+        FileKind::Dir => Err(ConfigError::invalid(
+            key,
+            format!("{} is not a folder", path.display()),
+        )),
+    }
 }
 
 /// Checks that a file named by the config can be opened for reading.

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, check_range, check_readable, resolve, validate_id};
+use crate::config::{ConfigError, check_range, resolve, validate_id};
 
 /// `[mqtt]`: the broker that receives status and results.
 #[derive(Debug, Clone, Deserialize)]
@@ -135,9 +135,6 @@ impl MqttConfig {
                 "is set without a username",
             ));
         }
-        if let Some(p) = &self.password_file {
-            check_readable(&format!("{key}.password_file"), p)?;
-        }
         if let Some(tls) = &self.tls {
             let k = format!("{key}.tls");
             if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
@@ -145,15 +142,6 @@ impl MqttConfig {
                     format!("{k}.client_key_file"),
                     "client_cert_file and client_key_file go together",
                 ));
-            }
-            for (name, p) in [
-                ("ca_file", &tls.ca_file),
-                ("client_cert_file", &tls.client_cert_file),
-                ("client_key_file", &tls.client_key_file),
-            ] {
-                if let Some(p) = p {
-                    check_readable(&format!("{k}.{name}"), p)?;
-                }
             }
         }
         Ok(())

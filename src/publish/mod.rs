@@ -6,6 +6,7 @@
 
 mod config;
 mod outbox;
+mod payload;
 mod probe;
 mod publisher;
 mod status;
@@ -13,6 +14,10 @@ mod tls;
 mod topics;
 
 pub use config::{MqttConfig, TlsConfig};
+pub use payload::{
+    ModelId, PERSON_SCHEMA, PersonMessage, TRACK_SCHEMA, TrackEvent, TrackEventKind, WindowSpan,
+    normalised_box,
+};
 pub use probe::{ProbeError, probe};
 pub use publisher::{
     Error, MAX_PACKET_BYTES, PublishError, Publisher, ShutdownReport, Stats, start,

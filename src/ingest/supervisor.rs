@@ -1,0 +1,357 @@
+//! One camera's supervisor: a named OS thread that builds the pipeline, plays it, watches its
+//! bus, detects stalls and end of stream, and restarts it with exponential backoff.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use gst::prelude::*;
+use gstreamer as gst;
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use super::backoff::Backoff;
+use super::config::{CameraConfig, IngestConfig, redact_userinfo};
+use super::error::Error;
+use super::pipeline::{self, Built, RunStats, Template};
+use super::queue::FrameQueue;
+use crate::types::{CameraId, CameraState, CameraStatus, now_rfc3339};
+
+/// A run that streamed this long counts as healthy: the next failure restarts after the
+/// initial backoff again.
+const HEALTHY_RUN: Duration = Duration::from_secs(5);
+/// How often the bus, the stop signal and the stall clock are looked at.
+const TICK: Duration = Duration::from_millis(100);
+/// How often fps and drop counts are refreshed in the status.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// The window fps is measured over.
+const FPS_WINDOW: Duration = Duration::from_secs(2);
+/// Shutdown grace when the [`Ingest`](super::Ingest) was dropped without `stop`.
+const DROP_GRACE: Duration = Duration::from_secs(1);
+
+/// Everything a supervisor thread owns.
+pub(crate) struct Supervisor {
+    pub(crate) id: CameraId,
+    pub(crate) camera: CameraConfig,
+    pub(crate) cfg: IngestConfig,
+    pub(crate) queue: Arc<FrameQueue>,
+    pub(crate) status: watch::Sender<CameraStatus>,
+    /// Receives the shutdown deadline; disconnected means shut down too.
+    pub(crate) stop: Receiver<Instant>,
+}
+
+/// How one pipeline run ended.
+enum RunEnd {
+    /// Shutdown was asked for; the pipeline is down.
+    Stopped,
+    /// The source failed, stalled or ended: restart after backoff.
+    Retry(Error),
+    /// A file ended and is not looped.
+    Finished,
+}
+
+impl Supervisor {
+    /// The thread body: runs until shutdown is asked for.
+    pub(crate) fn run(self) {
+        let source = self
+            .camera
+            .source()
+            .map_or_else(|_| redact_userinfo(&self.camera.uri), |s| s.to_string());
+        let mut backoff = Backoff::new(
+            Duration::from_secs_f64(self.cfg.backoff_initial_s),
+            Duration::from_secs_f64(self.cfg.backoff_max_s),
+        );
+        let mut last_error: Option<String> = None;
+        for attempt in 0u64.. {
+            let first_run = attempt == 0;
+            if !first_run {
+                self.status.send_modify(|s| s.restarts += 1);
+            }
+            let (end, failed_to_build) = match pipeline::build(&self.camera, &self.cfg) {
+                Ok(built) => {
+                    let template = built.template.file_name();
+                    if first_run {
+                        info!(camera = %self.id, %source, template, "camera pipeline starting");
+                    } else {
+                        debug!(camera = %self.id, %source, template, "camera pipeline restarting");
+                    }
+                    let end = self.run_pipeline(built, &mut backoff);
+                    (end, false)
+                }
+                Err(e) => (RunEnd::Retry(e), true),
+            };
+            let e = match end {
+                RunEnd::Stopped => return,
+                RunEnd::Finished => {
+                    info!(camera = %self.id, %source, "file ended and loop = false; camera finished");
+                    self.set_state(CameraState::Failed, Some("finished: end of file".into()));
+                    self.status.send_modify(|s| s.fps = 0.0);
+                    // Stay finished until shutdown.
+                    let _ = self.stop.recv();
+                    return;
+                }
+                RunEnd::Retry(e) => e,
+            };
+            let delay = backoff.next_delay();
+            let text = e.to_string();
+            // The same error again (a camera that stays down) is logged once, then at DEBUG.
+            let repeated = last_error.as_deref() == Some(text.as_str());
+            let retry_in_s = delay.as_secs_f64();
+            let state = if failed_to_build {
+                if repeated {
+                    debug!(camera = %self.id, error = %text, retry_in_s, "camera pipeline still cannot be built");
+                } else {
+                    error!(camera = %self.id, %source, error = %text, retry_in_s, "camera pipeline cannot be built; fix the config or install the plugin");
+                }
+                CameraState::Failed
+            } else {
+                if repeated {
+                    debug!(camera = %self.id, error = %text, retry_in_s, "camera source still failing");
+                } else {
+                    warn!(camera = %self.id, %source, error = %text, retry_in_s, "camera source failed; restarting after backoff");
+                }
+                CameraState::Reconnecting
+            };
+            self.set_state(state, Some(text.clone()));
+            last_error = Some(text);
+            self.status.send_modify(|s| s.fps = 0.0);
+            match self.stop.recv_timeout(delay) {
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(_) | Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Plays one pipeline until it fails, stalls, ends or shutdown is asked for.
+    fn run_pipeline(&self, built: Built, backoff: &mut Backoff) -> RunEnd {
+        let Built {
+            pipeline,
+            sink,
+            template,
+        } = built;
+        let stats = RunStats::new();
+        pipeline::connect_sink(&sink, self.id.clone(), self.queue.clone(), stats.clone());
+        // The state stays `starting` (first run) or `reconnecting` / `failed` (a retry) until
+        // the first frame arrives.
+        let Some(bus) = pipeline.bus() else {
+            return RunEnd::Retry(Error::StateChange);
+        };
+        let teardown = |end: RunEnd| {
+            let _ = pipeline.set_state(gst::State::Null);
+            end
+        };
+        if pipeline.set_state(gst::State::Playing).is_err() {
+            let e = bus
+                .pop_filtered(&[gst::MessageType::Error])
+                .map_or(Error::StateChange, |m| self.bus_error(&m));
+            return teardown(RunEnd::Retry(e));
+        }
+        let stall = Duration::from_secs_f64(self.cfg.stall_timeout_s);
+        let mut meter = FpsMeter::default();
+        let mut streaming_since: Option<Instant> = None;
+        let mut next_status = Instant::now() + STATUS_EVERY;
+        loop {
+            match self.stop.try_recv() {
+                Ok(deadline) => return self.shutdown(&pipeline, &bus, deadline),
+                Err(TryRecvError::Disconnected) => {
+                    return self.shutdown(&pipeline, &bus, Instant::now() + DROP_GRACE);
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+            // Other messages (state changes, tags, QoS) are discarded here.
+            let wanted = [
+                gst::MessageType::Error,
+                gst::MessageType::Eos,
+                gst::MessageType::Warning,
+            ];
+            let tick = gst::ClockTime::from_mseconds(TICK.as_millis() as u64);
+            if let Some(msg) = bus.timed_pop_filtered(tick, &wanted) {
+                match msg.view() {
+                    gst::MessageView::Error(_) => {
+                        return teardown(RunEnd::Retry(self.bus_error(&msg)));
+                    }
+                    gst::MessageView::Eos(_) => {
+                        let looped = template == Template::File && self.camera.loop_file;
+                        if !looped {
+                            let end = if template == Template::File {
+                                RunEnd::Finished
+                            } else {
+                                RunEnd::Retry(Error::Eos)
+                            };
+                            return teardown(end);
+                        }
+                        debug!(camera = %self.id, "end of file; seeking back to the start");
+                        let seek = pipeline.seek_simple(
+                            gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT,
+                            gst::ClockTime::ZERO,
+                        );
+                        if seek.is_err() {
+                            return teardown(RunEnd::Retry(Error::Eos));
+                        }
+                    }
+                    gst::MessageView::Warning(w) => {
+                        debug!(camera = %self.id, warning = %self.scrub(&w.error().to_string()), "pipeline warning");
+                    }
+                    _ => {}
+                }
+            }
+
+            let now = Instant::now();
+            let last_activity = stats.last_frame().unwrap_or(stats.started());
+            match streaming_since {
+                None if stats.frames() > 0 => {
+                    streaming_since = Some(now);
+                    info!(camera = %self.id, "camera is streaming");
+                    self.set_state(CameraState::Streaming, None);
+                }
+                Some(since) if now.duration_since(since) >= HEALTHY_RUN => backoff.reset(),
+                _ => {}
+            }
+            let idle = now.saturating_duration_since(last_activity);
+            if idle >= stall {
+                return teardown(RunEnd::Retry(Error::Stalled(idle)));
+            }
+            if now >= next_status {
+                next_status = now + STATUS_EVERY;
+                let fps = meter.record(now, stats.frames());
+                let dropped = self.queue.dropped();
+                self.status.send_modify(|s| {
+                    s.fps = if streaming_since.is_some() { fps } else { 0.0 };
+                    s.frames_dropped = dropped;
+                });
+                if stats.bad_samples() > 0 {
+                    debug!(camera = %self.id, bad = stats.bad_samples(), "samples dropped as unreadable");
+                }
+            }
+        }
+    }
+
+    /// Sends EOS, waits for it until `deadline`, then sets the pipeline to NULL.
+    fn shutdown(&self, pipeline: &gst::Pipeline, bus: &gst::Bus, deadline: Instant) -> RunEnd {
+        // A source in pull mode (filesrc under a demuxer) accepts EOS but never sends it:
+        // end the stream at the appsink instead (not at videorate, which would first fill
+        // the rest of the file's segment with duplicates).
+        let pulled = pipeline
+            .by_name("src")
+            .and_then(|s| s.static_pad("src"))
+            .is_some_and(|p| p.mode() == gst::PadMode::Pull);
+        let sink_pad = pipeline.by_name("sink").and_then(|r| r.static_pad("sink"));
+        match sink_pad {
+            Some(pad) if pulled => pad.send_event(gst::event::Eos::new()),
+            _ => pipeline.send_event(gst::event::Eos::new()),
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let drained = bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_nseconds(wait.as_nanos() as u64),
+                &[gst::MessageType::Eos, gst::MessageType::Error],
+            )
+            .is_some();
+        let _ = pipeline.set_state(gst::State::Null);
+        debug!(camera = %self.id, drained, "camera pipeline stopped");
+        RunEnd::Stopped
+    }
+
+    fn set_state(&self, state: CameraState, last_error: Option<String>) {
+        self.status.send_modify(|s| {
+            if s.state != state {
+                s.state = state;
+                s.since = now_rfc3339();
+            }
+            if last_error.is_some() {
+                s.last_error = last_error;
+            }
+        });
+    }
+
+    fn bus_error(&self, message: &gst::Message) -> Error {
+        pipeline::bus_error(message, &|s| self.scrub(s))
+    }
+
+    /// [`scrub`] with this camera's URI and password.
+    fn scrub(&self, text: &str) -> String {
+        let password = self
+            .camera
+            .password_file
+            .as_ref()
+            .and_then(|f| crate::config::Secret::from_file("password_file", f).ok());
+        scrub(
+            text,
+            &self.camera.uri,
+            password.as_ref().map(|p| p.expose()),
+        )
+    }
+}
+
+/// Makes a GStreamer error text about a camera safe to log and publish: the URI's user info
+/// and the password become `***`, newlines become spaces.
+fn scrub(text: &str, uri: &str, password: Option<&str>) -> String {
+    let mut out = text.replace(['\n', '\r'], " ");
+    let authority = uri
+        .split_once("://")
+        .map(|(_, rest)| &rest[..rest.find('/').unwrap_or(rest.len())]);
+    if let Some((userinfo, _)) = authority.and_then(|a| a.rsplit_once('@'))
+        && !userinfo.is_empty()
+    {
+        out = out.replace(userinfo, "***");
+    }
+    if let Some(pw) = password.filter(|p| !p.is_empty()) {
+        out = out.replace(pw, "***");
+    }
+    out
+}
+
+/// Frames per second over the last [`FPS_WINDOW`], from a cumulative frame count.
+#[derive(Debug, Default)]
+pub(crate) struct FpsMeter {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl FpsMeter {
+    /// Records the total frame count at `now` and returns the rate over the window.
+    pub(crate) fn record(&mut self, now: Instant, total: u64) -> f32 {
+        self.samples.push_back((now, total));
+        while self.samples.len() > 2 && now.duration_since(self.samples[1].0) >= FPS_WINDOW {
+            self.samples.pop_front();
+        }
+        let (t0, n0) = self.samples[0];
+        let dt = now.duration_since(t0).as_secs_f32();
+        if dt <= 0.0 {
+            0.0
+        } else {
+            total.saturating_sub(n0) as f32 / dt
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_scrubbed_from_error_texts() {
+        let uri = "rtsp://admin:s3cret@10.0.0.2/live@1";
+        let text = "Failed: rtsp://admin:s3cret@10.0.0.2/live@1\nuser admin:s3cret pw hunter2";
+        assert_eq!(
+            scrub(text, uri, Some("hunter2")),
+            "Failed: rtsp://***@10.0.0.2/live@1 user *** pw ***"
+        );
+        assert_eq!(scrub("a@b", "rtsp://h/p@x", None), "a@b");
+        assert_eq!(scrub("x", "rtsp://@h/p", Some("")), "x");
+    }
+
+    #[test]
+    fn fps_is_measured_over_the_last_two_seconds() {
+        let t = Instant::now();
+        let s = Duration::from_millis;
+        let mut m = FpsMeter::default();
+        assert_eq!(m.record(t, 0), 0.0);
+        assert_eq!(m.record(t + s(1000), 8), 8.0);
+        assert_eq!(m.record(t + s(2000), 16), 8.0);
+        // A burst, then silence: the old rate leaves the window.
+        assert_eq!(m.record(t + s(3000), 40), 16.0);
+        assert_eq!(m.record(t + s(4000), 40), 12.0);
+        assert_eq!(m.record(t + s(5000), 40), 0.0);
+    }
+}

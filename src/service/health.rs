@@ -1,0 +1,139 @@
+//! Liveness of the stages, and the systemd notify protocol built on it.
+//!
+//! Every long-lived stage (a camera supervisor, the analytics thread, the MQTT loop) holds a
+//! [`Beat`] and calls [`Beat::beat`] whenever it makes progress or wakes up idle. The
+//! supervisor feeds systemd's watchdog only while every beat is fresh, so a hung stage gets
+//! the service restarted by systemd rather than silently publishing nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// The registry of stage heartbeats.
+#[derive(Clone)]
+pub struct Health {
+    epoch: Instant,
+    beats: Arc<Mutex<Vec<Registered>>>,
+}
+
+struct Registered {
+    stage: String,
+    last_ms: Arc<AtomicU64>,
+}
+
+/// One stage's heartbeat: cheap to call from a hot loop.
+#[derive(Clone)]
+pub struct Beat {
+    epoch: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Beat {
+    pub fn beat(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Health {
+    pub fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            beats: Arc::default(),
+        }
+    }
+
+    /// Registers a stage; it starts fresh.
+    pub fn register(&self, stage: impl Into<String>) -> Beat {
+        let beat = Beat {
+            epoch: self.epoch,
+            last_ms: Arc::new(AtomicU64::new(0)),
+        };
+        beat.beat();
+        self.beats.lock().push(Registered {
+            stage: stage.into(),
+            last_ms: Arc::clone(&beat.last_ms),
+        });
+        beat
+    }
+
+    /// The stages whose last beat is older than `max_age`.
+    pub fn stalled(&self, max_age: Duration) -> Vec<String> {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let max = max_age.as_millis() as u64;
+        self.beats
+            .lock()
+            .iter()
+            .filter(|r| now.saturating_sub(r.last_ms.load(Ordering::Relaxed)) > max)
+            .map(|r| r.stage.clone())
+            .collect()
+    }
+}
+
+/// systemd's notify socket, when the service runs under `Type=notify`.
+pub struct Systemd {
+    watchdog: Option<Duration>,
+}
+
+impl Systemd {
+    pub fn from_env() -> Self {
+        Self {
+            watchdog: sd_notify::watchdog_enabled(),
+        }
+    }
+
+    /// How often to feed the watchdog (half its timeout), when systemd asked for one.
+    pub fn watchdog_interval(&self) -> Option<Duration> {
+        self.watchdog.map(|d| d / 2)
+    }
+
+    pub fn ready(&self) {
+        notify(&[sd_notify::NotifyState::Ready]);
+    }
+
+    pub fn stopping(&self) {
+        notify(&[sd_notify::NotifyState::Stopping]);
+    }
+
+    pub fn feed_watchdog(&self) {
+        notify(&[sd_notify::NotifyState::Watchdog]);
+    }
+
+    pub fn status(&self, text: &str) {
+        notify(&[sd_notify::NotifyState::Status(text)]);
+    }
+}
+
+fn notify(states: &[sd_notify::NotifyState]) {
+    // Outside systemd NOTIFY_SOCKET is unset and this is a no-op.
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "systemd notify failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_that_stops_beating_is_reported() {
+        let health = Health::new();
+        let a = health.register("a");
+        let _b = health.register("b");
+        std::thread::sleep(Duration::from_millis(30));
+        a.beat();
+        assert_eq!(
+            health.stalled(Duration::from_millis(20)),
+            vec!["b".to_owned()]
+        );
+        assert!(health.stalled(Duration::from_secs(5)).is_empty());
+    }
+}

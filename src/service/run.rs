@@ -1,0 +1,110 @@
+//! `affectd run`: start every stage, tell systemd when ready, feed its watchdog while the
+//! stages live, and shut down in order on SIGTERM.
+//!
+//! Threads own the heavy stages (one per camera in ingest, one for the analytics); the tokio
+//! runtime only runs MQTT, signals and timers.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::analytics::Analytics;
+use super::health::{Health, Systemd};
+use super::signals::{Signal, Signals};
+use crate::config::Config;
+use crate::ingest::Ingest;
+use crate::publish;
+use crate::types::{CameraId, CameraState, CameraStatus};
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("affectd-io")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(supervise(config))
+}
+
+async fn supervise(config: Config) -> anyhow::Result<()> {
+    let systemd = Systemd::from_env();
+    let health = Health::new();
+    let mut signals = Signals::new().context("cannot install signal handlers")?;
+    let shutdown_timeout = Duration::from_secs_f64(config.service.shutdown_timeout_s);
+    let stage_stall = Duration::from_secs_f64(config.service.stage_stall_s);
+
+    info!(
+        node = %config.node.id,
+        cameras = config.enabled_cameras().count(),
+        version = env!("CARGO_PKG_VERSION"),
+        "affectd starting"
+    );
+    let mqtt = publish::start(&config.mqtt, &config.node.id).context("cannot start MQTT")?;
+    let ingest = Ingest::start(&config.cameras, &config.ingest).context("cannot start ingest")?;
+    let statuses = ingest.statuses();
+    let status_task = publish::spawn_camera_status(mqtt.clone(), statuses.clone());
+    let analytics = Analytics::spawn(ingest.hub(), health.register("analytics"))
+        .context("cannot start the analytics thread")?;
+
+    let mut ready = Box::pin(wait_ready(statuses, mqtt.ever_connected()));
+    let mut ready_sent = false;
+    let mut watchdog = tokio::time::interval(
+        systemd
+            .watchdog_interval()
+            .unwrap_or(Duration::from_secs(5)),
+    );
+    let mut stalled_before = Vec::new();
+    loop {
+        tokio::select! {
+            () = &mut ready, if !ready_sent => {
+                ready_sent = true;
+                systemd.ready();
+                info!("all cameras started and the broker was reached: ready");
+            }
+            _ = watchdog.tick() => {
+                let stalled = health.stalled(stage_stall);
+                if stalled.is_empty() {
+                    systemd.feed_watchdog();
+                } else if stalled != stalled_before {
+                    warn!(stages = ?stalled, "stages stopped making progress; the systemd watchdog is no longer fed");
+                }
+                stalled_before = stalled;
+            }
+            signal = signals.next() => match signal {
+                Signal::Shutdown => break,
+                Signal::Reload => info!("SIGHUP: nothing is reloadable yet; restart the service to apply config changes"),
+            },
+        }
+    }
+
+    let deadline = Instant::now() + shutdown_timeout;
+    info!(timeout_s = shutdown_timeout.as_secs_f64(), "shutting down");
+    systemd.stopping();
+    let left = |deadline: Instant| deadline.saturating_duration_since(Instant::now());
+    // Pipelines first (EOS drains them), then the analytics, then flush MQTT.
+    let ingest_budget = left(deadline).mul_f64(0.5);
+    tokio::task::spawn_blocking(move || ingest.stop(ingest_budget))
+        .await
+        .context("ingest shutdown panicked")?;
+    analytics.stop();
+    let report = mqtt.shutdown(left(deadline)).await;
+    let _ = status_task.await;
+    info!(mqtt = %report, "stopped");
+    Ok(())
+}
+
+/// Resolves once every camera has left `starting` (streaming, or retrying after a failure)
+/// and the broker has been reached once.
+async fn wait_ready(
+    statuses: Vec<(CameraId, watch::Receiver<CameraStatus>)>,
+    mut connected: watch::Receiver<bool>,
+) {
+    for (_, mut status) in statuses {
+        // An error means ingest is gone, which shutdown handles.
+        let _ = status.wait_for(|s| s.state != CameraState::Starting).await;
+    }
+    let _ = connected.wait_for(|c| *c).await;
+}

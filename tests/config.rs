@@ -1,0 +1,67 @@
+//! Every shipped config validates; every config in `tests/config_invalid/` fails with the
+//! message its first line announces (`# expect: ...`).
+
+use std::path::{Path, PathBuf};
+
+use affectd::config::{Config, ConfigError};
+
+fn load_fully(path: &Path) -> Result<Config, ConfigError> {
+    let config = Config::load(path)?;
+    config.check_files()?;
+    Ok(config)
+}
+
+fn toml_files(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn shipped_configs_validate() {
+    let files = toml_files("configs");
+    assert!(files.len() >= 2, "configs/ lost its examples");
+    for path in files {
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!config.cameras.is_empty(), "{}", path.display());
+    }
+}
+
+#[test]
+fn demo_config_names_only_files_in_the_repo() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml");
+    load_fully(&demo).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn invalid_configs_fail_with_their_expected_message() {
+    let files = toml_files("tests/config_invalid");
+    assert!(files.len() >= 15, "only {} invalid configs", files.len());
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expected = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{}: first line must be `# expect: ...`", path.display()));
+        let err = match load_fully(&path) {
+            Ok(_) => panic!("{} was accepted", path.display()),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(expected),
+            "{}:\n  expected: {expected}\n  got:      {err}",
+            path.display()
+        );
+        assert!(
+            !err.contains('\n'),
+            "{}: error is not one line: {err}",
+            path.display()
+        );
+    }
+}
