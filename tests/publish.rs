@@ -609,5 +609,13 @@ async fn a_burst_of_status_changes_is_coalesced_to_the_latest() {
     );
     let sent = sub.messages().len();
     assert!(sent <= 10, "{sent} messages for a burst of 1000 changes");
+    // A change of state is not held back by the coalescing.
+    let changed_at = Instant::now();
+    tx.send_modify(|s| s.state = CameraState::Reconnecting);
+    let reconnecting = sub
+        .wait_for(WAIT, |m| json(&m.payload)["state"] == "reconnecting")
+        .expect("state change arrives");
+    let latency = reconnecting.at - changed_at;
+    assert!(latency < Duration::from_millis(100), "{latency:?}");
     publisher.shutdown(Duration::from_secs(5)).await;
 }

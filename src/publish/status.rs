@@ -8,10 +8,10 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::Publisher;
-use crate::types::{CameraId, CameraStatus};
+use crate::types::{CameraId, CameraState, CameraStatus};
 
-/// Changes closer together than this are sent as one (the latest), so a chatty status source
-/// cannot flood the broker.
+/// Counter-only changes closer together than this are sent as one (the latest), so a chatty
+/// status source cannot flood the broker. A change of `state` is always sent at once.
 const MIN_GAP: Duration = Duration::from_millis(200);
 
 /// Publishes each camera's status whenever its `watch` changes and every
@@ -42,7 +42,7 @@ async fn camera_task(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let min_gap = MIN_GAP.min(publisher.status_interval());
     let mut sender_alive = true;
-    let mut last_sent: Option<Instant> = None;
+    let mut last_sent: Option<(Instant, CameraState)> = None;
     loop {
         tokio::select! {
             changed = rx.changed(), if sender_alive => {
@@ -53,7 +53,9 @@ async fn camera_task(
             }
             _ = tick.tick() => {}
         }
-        if let Some(at) = last_sent {
+        if let Some((at, state)) = last_sent
+            && rx.borrow().state == state
+        {
             tokio::time::sleep_until(at + min_gap).await;
         }
         let status = rx.borrow_and_update().clone();
@@ -68,7 +70,7 @@ async fn camera_task(
             tracing::debug!(%camera, error = %e, "camera status not published; stopping");
             return;
         }
-        last_sent = Some(Instant::now());
+        last_sent = Some((Instant::now(), status.state));
     }
 }
 
