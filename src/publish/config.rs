@@ -46,6 +46,10 @@ pub struct MqttConfig {
     /// Upper bound of the reconnect delay, in seconds.
     #[serde(default = "default_reconnect_max_s")]
     pub reconnect_max_s: f64,
+    /// QoS 1/2 messages sent but not yet acknowledged, at most; keep it within the broker's
+    /// receive limit (mosquitto: `max_inflight_messages`, 20), above it mosquitto drops QoS 2.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: u16,
 }
 
 /// `[mqtt.tls]`
@@ -124,6 +128,7 @@ impl MqttConfig {
             0.1,
             3600.0,
         )?;
+        check_range(&format!("{key}.max_inflight"), self.max_inflight, 1, 1000)?;
         if self.password_file.is_some() && self.username.is_none() {
             return Err(ConfigError::invalid(
                 format!("{key}.password_file"),
@@ -165,6 +170,7 @@ impl Default for MqttConfig {
             status_interval_s: default_status_interval_s(),
             outbox_capacity: default_outbox_capacity(),
             reconnect_max_s: default_reconnect_max_s(),
+            max_inflight: default_max_inflight(),
         }
     }
 }
@@ -192,4 +198,7 @@ const fn default_outbox_capacity() -> usize {
 }
 const fn default_reconnect_max_s() -> f64 {
     10.0
+}
+const fn default_max_inflight() -> u16 {
+    20
 }

@@ -2,7 +2,7 @@
 //! [`Publisher`] handle that the pipeline uses to send without ever waiting.
 //!
 //! Flow: `Publisher::publish*` puts a message in the [`Outbox`] and, while connected, hands
-//! messages to rumqttc with `try_publish`, at most [`WINDOW`] not yet acknowledged. The
+//! messages to rumqttc with `try_publish`, at most `mqtt.max_inflight` not yet acknowledged. The
 //! event-loop task counts acknowledgements, which opens the window again. When the connection
 //! breaks, every message rumqttc still held (sent but unacknowledged, or not yet sent) is taken
 //! back into the outbox and sent again after the reconnect (QoS 1 means at least once: a
@@ -28,9 +28,6 @@ use super::topics::{Topics, topic_problem};
 use super::{MqttConfig, tls};
 use crate::config::{ConfigError, Secret};
 
-/// Messages handed to rumqttc and not yet acknowledged, at most. Equal to rumqttc's inflight
-/// limit, so rumqttc never has to hold a request back (nor reuse a packet id in flight).
-const WINDOW: usize = 100;
 /// Largest MQTT packet sent or accepted; larger publishes are refused by `publish`.
 pub const MAX_PACKET_BYTES: usize = 256 * 1024;
 /// First delay after a failed connect; doubled per failure up to `reconnect_max_s`.
@@ -126,7 +123,8 @@ impl fmt::Display for ShutdownReport {
 }
 
 /// A cheap, clonable handle to the MQTT connection. Every method is non-blocking except
-/// [`Publisher::shutdown`].
+/// [`Publisher::shutdown`]. Dropping every handle without `shutdown` ends the event loop at
+/// once: queued messages are lost and the broker publishes the last will (`offline`).
 #[derive(Clone)]
 pub struct Publisher {
     shared: Arc<Shared>,
@@ -134,6 +132,8 @@ pub struct Publisher {
 
 struct Shared {
     client: AsyncClient,
+    /// Messages handed to rumqttc and not yet acknowledged, at most (`mqtt.max_inflight`).
+    window: usize,
     topics: Topics,
     qos: QoS,
     status_interval: Duration,
@@ -158,6 +158,8 @@ struct Link {
     /// The event loop wrote our DISCONNECT.
     disconnect_sent: bool,
     last_error: Option<String>,
+    /// When a drop was last logged.
+    drop_logged: Option<Instant>,
     stats: Stats,
 }
 
@@ -168,17 +170,22 @@ impl Drop for Shared {
 }
 
 /// Connects to the broker described by `config` as node `node` and starts the event-loop task
-/// on the current tokio runtime. Returns at once: connecting happens in the background (see
+/// on the current tokio runtime (call it from within one). Returns at once: connecting happens in the background (see
 /// [`Publisher::connected`]). The node's status is `online` (retained) from the first CONNACK;
 /// the broker publishes the last will `offline` if the connection dies.
 pub fn start(config: &MqttConfig, node: &str) -> Result<Publisher, Error> {
+    config.validate("mqtt")?;
+    crate::config::validate_id("node.id", node)?;
     let topics = Topics::new(&config.topic_prefix, node);
-    let options = mqtt_options(config, node, &topics)?;
-    let (client, eventloop) = AsyncClient::new(options, WINDOW + 8);
+    let will = LastWill::new(topics.node_status(), "offline", QoS::AtLeastOnce, true);
+    let options = mqtt_options(config, config.client_id_for(node), Some(will))?;
+    let window = usize::from(config.max_inflight);
+    let (client, eventloop) = AsyncClient::new(options, window + 8);
     let mut outbox = Outbox::new(config.outbox_capacity, topics.node_status());
     outbox.push_state(topics.node_status(), b"online".to_vec());
     let shared = Arc::new(Shared {
         client,
+        window,
         qos: qos(config.qos),
         status_interval: Duration::from_secs_f64(config.status_interval_s),
         link: Mutex::new(Link {
@@ -188,6 +195,7 @@ pub fn start(config: &MqttConfig, node: &str) -> Result<Publisher, Error> {
             in_flight: 0,
             disconnect_sent: false,
             last_error: None,
+            drop_logged: None,
             stats: Stats::default(),
         }),
         connected: watch::Sender::new(false),
@@ -204,6 +212,7 @@ pub fn start(config: &MqttConfig, node: &str) -> Result<Publisher, Error> {
         shared.stop.clone(),
         eventloop,
         reconnect_max,
+        format!("{}:{}", config.host, config.port),
     ));
     *shared.task.lock() = Some(task);
     tracing::info!(
@@ -215,19 +224,23 @@ pub fn start(config: &MqttConfig, node: &str) -> Result<Publisher, Error> {
     Ok(Publisher { shared })
 }
 
-fn mqtt_options(config: &MqttConfig, node: &str, topics: &Topics) -> Result<MqttOptions, Error> {
-    let mut options = MqttOptions::new(config.client_id_for(node), &config.host, config.port);
+/// Client options from the config: credentials read from `password_file`, TLS built from
+/// `[mqtt.tls]`; `will` is the last will, if any.
+pub(crate) fn mqtt_options(
+    config: &MqttConfig,
+    client_id: String,
+    will: Option<LastWill>,
+) -> Result<MqttOptions, Error> {
+    let mut options = MqttOptions::new(client_id, &config.host, config.port);
     options
         .set_keep_alive(Duration::from_secs(config.keep_alive_s))
         .set_clean_session(true)
-        .set_inflight(WINDOW as u16)
-        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
-        .set_last_will(LastWill::new(
-            topics.node_status(),
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
+        // Our window equals rumqttc's: it never holds a request back nor reuses a packet id.
+        .set_inflight(config.max_inflight)
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    if let Some(will) = will {
+        options.set_last_will(will);
+    }
     if let Some(username) = &config.username {
         let password = match &config.password_file {
             Some(path) => Some(Secret::from_file("mqtt.password_file", path)?),
@@ -273,7 +286,9 @@ impl Publisher {
         };
         let mut link = self.shared.link.lock();
         link.admit(&message.topic, message.payload.len())?;
-        link.outbox.push_result(message);
+        if link.outbox.push_result(message) {
+            link.dropped_one();
+        }
         link.stats.accepted += 1;
         self.shared.pump(&mut link);
         Ok(())
@@ -409,6 +424,18 @@ impl fmt::Debug for Publisher {
 }
 
 impl Link {
+    /// Logs outbox overflow, at most once per [`LOG_EVERY`].
+    fn dropped_one(&mut self) {
+        if self.drop_logged.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            self.drop_logged = Some(Instant::now());
+            tracing::warn!(
+                dropped = self.outbox.dropped_results,
+                connected = self.connected,
+                "MQTT outbox full; dropping the oldest results"
+            );
+        }
+    }
+
     /// Checks a message before it is queued; counts refusals.
     fn admit(&mut self, topic: &str, payload_len: usize) -> Result<(), PublishError> {
         let refused = if self.closing {
@@ -436,7 +463,7 @@ impl Link {
 impl Shared {
     /// Hands queued messages to rumqttc while connected and the window has room.
     fn pump(&self, link: &mut Link) {
-        while link.connected && link.in_flight < WINDOW {
+        while link.connected && link.in_flight < self.window {
             let Some(message) = link.outbox.pop() else {
                 break;
             };
@@ -453,7 +480,7 @@ impl Shared {
                 }
                 Err(e) => {
                     // Only possible if the event loop is gone or its channel is full.
-                    if let Some(message) = message_of(e.into_request()) {
+                    if let Some(message) = message_of(request_of(e)) {
                         link.outbox.unpop(message);
                     }
                     break;
@@ -500,7 +527,10 @@ impl Shared {
                 }
                 // QoS 2 past PUBREC: the broker has the message; the new session cannot finish
                 // the handshake, so count it as done.
-                Request::PubRel(_) => taken_back += 1,
+                Request::PubRel(_) => {
+                    taken_back += 1;
+                    link.stats.acked += 1;
+                }
                 _ => {}
             }
         }
@@ -527,15 +557,10 @@ fn message_of(request: Request) -> Option<Message> {
     }
 }
 
-trait IntoRequest {
-    fn into_request(self) -> Request;
-}
-
-impl IntoRequest for rumqttc::ClientError {
-    fn into_request(self) -> Request {
-        match self {
-            rumqttc::ClientError::Request(r) | rumqttc::ClientError::TryRequest(r) => r,
-        }
+/// The request a failed `try_publish` hands back.
+fn request_of(error: rumqttc::ClientError) -> Request {
+    match error {
+        rumqttc::ClientError::Request(r) | rumqttc::ClientError::TryRequest(r) => r,
     }
 }
 
@@ -546,9 +571,13 @@ async fn run(
     stop: CancellationToken,
     mut eventloop: EventLoop,
     reconnect_max: Duration,
+    broker: String,
 ) {
     let mut backoff = Backoff::new(BACKOFF_START.min(reconnect_max), reconnect_max);
-    let mut errors = ErrorLog::default();
+    let mut errors = ErrorLog {
+        broker,
+        ..ErrorLog::default()
+    };
     let mut connected_at: Option<Instant> = None;
     loop {
         let polled = tokio::select! {
@@ -621,10 +650,12 @@ impl Backoff {
         }
     }
 
+    /// The next delay: the doubling step, shortened by up to a quarter at random so that many
+    /// clients of a restarted broker do not all come back at the same instant.
     fn next(&mut self) -> Duration {
         let delay = self.next;
         self.next = (self.next * 2).min(self.max);
-        delay
+        delay.mul_f64(1.0 - 0.25 * random_unit())
     }
 
     fn reset(&mut self) {
@@ -632,10 +663,20 @@ impl Backoff {
     }
 }
 
+/// A number in [0, 1) from the standard library's per-process random hash keys.
+fn random_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// Rate-limits connection error logs: the first failure in a row is logged, then at most one
 /// line per [`LOG_EVERY`] with the count; the rest go to DEBUG.
 #[derive(Debug, Default)]
 struct ErrorLog {
+    /// `host:port`, for the operator reading the log.
+    broker: String,
     failures: u64,
     last_logged: Option<Instant>,
 }
@@ -646,27 +687,28 @@ impl ErrorLog {
         let due = self.last_logged.is_none_or(|t| t.elapsed() >= LOG_EVERY);
         let retry_ms = retry_in.as_millis() as u64;
         if !due {
-            tracing::debug!(%error, failures = self.failures, retry_ms, "MQTT connection failed");
+            tracing::debug!(broker = %self.broker, %error, failures = self.failures, retry_ms, "MQTT connection failed");
             return;
         }
         self.last_logged = Some(Instant::now());
         if operator_must_act(error) {
             tracing::error!(
+                broker = %self.broker,
                 %error,
                 failures = self.failures,
                 retry_ms,
                 "MQTT broker refuses this client; check credentials and TLS settings"
             );
         } else {
-            tracing::warn!(%error, failures = self.failures, retry_ms, "MQTT connection failed; retrying");
+            tracing::warn!(broker = %self.broker, %error, failures = self.failures, retry_ms, "MQTT connection failed; retrying");
         }
     }
 
     fn connected(&mut self) {
         if self.failures > 0 {
-            tracing::info!(failures = self.failures, "MQTT connected again");
+            tracing::info!(broker = %self.broker, failures = self.failures, "MQTT connected again");
         } else {
-            tracing::info!("MQTT connected");
+            tracing::info!(broker = %self.broker, "MQTT connected");
         }
         self.failures = 0;
         self.last_logged = None;
@@ -693,10 +735,12 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
-        let got: Vec<_> = (0..5).map(|_| b.next().as_millis()).collect();
-        assert_eq!(got, [100, 200, 400, 500, 500]);
+        for step in [100, 200, 400, 500, 500] {
+            let d = b.next().as_millis();
+            assert!(step * 3 / 4 <= d && d <= step, "{d} for step {step}");
+        }
         b.reset();
-        assert_eq!(b.next().as_millis(), 100);
+        assert!(b.next().as_millis() <= 100);
     }
 
     #[test]
@@ -712,6 +756,21 @@ mod tests {
             ConnectReturnCode::NotAuthorized
         )));
         assert!(!operator_must_act(&ConnectionError::NetworkTimeout));
+    }
+
+    #[tokio::test]
+    async fn start_refuses_bad_config_naming_the_key() {
+        let config = MqttConfig {
+            username: Some("u".into()),
+            password_file: Some("/nonexistent/affectd-password".into()),
+            ..MqttConfig::default()
+        };
+        let e = start(&config, "unit").unwrap_err().to_string();
+        assert!(e.starts_with("mqtt.password_file: cannot read"), "{e}");
+        let e = start(&MqttConfig::default(), "a/b")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("node.id: "), "{e}");
     }
 
     #[tokio::test]

@@ -1,11 +1,18 @@
 //! Camera status: `<prefix>/<node>/<camera>/status`, retained JSON, on every change and every
 //! `status_interval_s`. Reconnects re-send the latest value (see [`Publisher::publish_state`]).
 
+use std::time::Duration;
+
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
 use super::Publisher;
-use crate::types::{CameraId, CameraStatus};
+use crate::types::{CameraId, CameraState, CameraStatus};
+
+/// Counter-only changes closer together than this are sent as one (the latest), so a chatty
+/// status source cannot flood the broker. A change of `state` is always sent at once.
+const MIN_GAP: Duration = Duration::from_millis(200);
 
 /// Publishes each camera's status whenever its `watch` changes and every
 /// [`Publisher::status_interval`]. Runs until shutdown begins; a camera whose sender is gone
@@ -33,7 +40,9 @@ async fn camera_task(
     let topic = publisher.topics().camera_status(&camera);
     let mut tick = tokio::time::interval(publisher.status_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let min_gap = MIN_GAP.min(publisher.status_interval());
     let mut sender_alive = true;
+    let mut last_sent: Option<(Instant, CameraState)> = None;
     loop {
         tokio::select! {
             changed = rx.changed(), if sender_alive => {
@@ -43,6 +52,11 @@ async fn camera_task(
                 }
             }
             _ = tick.tick() => {}
+        }
+        if let Some((at, state)) = last_sent
+            && rx.borrow().state == state
+        {
+            tokio::time::sleep_until(at + min_gap).await;
         }
         let status = rx.borrow_and_update().clone();
         let json = match serde_json::to_vec(&status) {
@@ -56,6 +70,7 @@ async fn camera_task(
             tracing::debug!(%camera, error = %e, "camera status not published; stopping");
             return;
         }
+        last_sent = Some((Instant::now(), status.state));
     }
 }
 

@@ -163,6 +163,8 @@ impl Mosquitto {
         let conf = self.dir.path().join("mosquitto.conf");
         std::fs::write(&conf, self.config_text()).expect("write mosquitto.conf");
         let log_path = self.dir.path().join("mosquitto.log");
+        // The log is appended across restarts; only what this start writes counts.
+        let log_start = std::fs::metadata(&log_path).map_or(0, |m| m.len() as usize);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -188,9 +190,16 @@ impl Mosquitto {
                     std::fs::read_to_string(&log_path).unwrap_or_default()
                 ));
             }
-            if ports
-                .iter()
-                .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+            // "running" is logged once every listener is bound (a port taken by someone else
+            // makes mosquitto exit instead); the connects prove it accepts.
+            let running = std::fs::read(&log_path).is_ok_and(|log| {
+                String::from_utf8_lossy(log.get(log_start..).unwrap_or_default())
+                    .contains(" running")
+            });
+            if running
+                && ports
+                    .iter()
+                    .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
             {
                 self.child = Some(child);
                 return Ok(());
