@@ -1,6 +1,5 @@
 //! `affectd check`: probe everything a config names, without starting the daemon.
 
-use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 use crate::config::{Config, check_file};
@@ -53,6 +52,9 @@ pub fn check(config: &Config) -> CheckReport {
         ),
         Some(Err(e)) => report.fail("detect", e),
     }
+    if let Some(model) = &config.model {
+        check_model(&mut report, model);
+    }
     for camera in config.enabled_cameras() {
         report.record(
             "camera",
@@ -60,32 +62,62 @@ pub fn check(config: &Config) -> CheckReport {
             crate::ingest::check_pipeline(camera, &config.ingest),
         );
     }
-    report.record(
-        "broker",
-        format!(
-            "{}:{} accepts TCP connections",
-            config.mqtt.host, config.mqtt.port
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let probe = match runtime {
+        Ok(rt) => rt
+            .block_on(crate::publish::probe(
+                &config.mqtt,
+                &config.node.id,
+                Duration::from_secs(5),
+            ))
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("cannot start a runtime for the probe: {e}")),
+    };
+    match probe {
+        Ok(took) => report.ok(
+            "broker",
+            format!(
+                "{}:{} accepted an MQTT login in {} ms",
+                config.mqtt.host,
+                config.mqtt.port,
+                took.as_millis()
+            ),
         ),
-        broker_reachable(&config.mqtt.host, config.mqtt.port, Duration::from_secs(3)),
-    );
+        Err(e) => report.fail("broker", e),
+    }
     report
 }
 
-/// A plain TCP connect: tells "nothing listens" from "listens" without speaking MQTT.
-fn broker_reachable(host: &str, port: u16, timeout: Duration) -> Result<(), String> {
-    let addrs: Vec<_> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("mqtt.host: cannot resolve {host}: {e}"))?
-        .collect();
-    let mut last = None;
-    for addr in &addrs {
-        match std::net::TcpStream::connect_timeout(addr, timeout) {
-            Ok(_) => return Ok(()),
-            Err(e) => last = Some(e),
-        }
+/// Opens the weights as `run` would (every key checked against the config) and says which
+/// weights will serve.
+fn check_model(report: &mut CheckReport, cfg: &crate::model::ModelConfig) {
+    use crate::model::{EmotionClip, EmotionClipConfig};
+    let arch = match &cfg.config {
+        Some(path) => match EmotionClipConfig::from_json_file(path) {
+            Ok(arch) => arch,
+            Err(e) => return report.fail("model", e),
+        },
+        None => EmotionClipConfig::vit_b32(),
+    };
+    match cfg.weights_to_load() {
+        Some(path) => match EmotionClip::load(path, &arch, &candle_core::Device::Cpu) {
+            Ok(_) => report.ok(
+                "model",
+                format!("{}: every key present with its shape", path.display()),
+            ),
+            Err(e) => report.fail("model", e),
+        },
+        None => report.ok(
+            "model",
+            format!(
+                "UNTRAINED: no weights file{}; seeded random ViT-B/32 will run and every message says \"untrained\"",
+                cfg.weights
+                    .as_ref()
+                    .map(|p| format!(" at {}", p.display()))
+                    .unwrap_or_default()
+            ),
+        ),
     }
-    Err(match last {
-        Some(e) => format!("mqtt: cannot connect to {host}:{port}: {e}"),
-        None => format!("mqtt.host: {host} resolves to no address"),
-    })
 }
