@@ -166,11 +166,11 @@ fn rtsp_outage_recovers_without_restart_while_another_camera_keeps_streaming() {
     let pid = daemon.child.id();
 
     assert!(
-        sub.wait_for(Duration::from_secs(15), |m| is_state(
-            m,
-            "door",
-            "streaming"
-        ))
+        // Cut the server only once the session is settled (measured fps): stopping the test
+        // server mid-handshake can leave its media flowing.
+        sub.wait_for(Duration::from_secs(20), |m| {
+            is_state(m, "door", "streaming") && json(m)["fps"].as_f64().unwrap_or(0.0) > 4.0
+        })
         .is_some(),
         "door never streamed:\n{}",
         daemon.log()
