@@ -122,7 +122,9 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || ingest.stop(ingest_budget))
         .await
         .context("ingest shutdown panicked")?;
-    analytics.stop();
+    tokio::task::spawn_blocking(move || analytics.stop())
+        .await
+        .context("analytics shutdown panicked")?;
     if let Some(encoder) = encoder {
         let budget = left(deadline).mul_f64(0.5);
         tokio::task::spawn_blocking(move || encoder.stop(budget))
