@@ -433,6 +433,26 @@ impl Detector {
         Ok(())
     }
 
+    /// Runs the model on `batch` frames that are already letterboxed and normalised (CHW,
+    /// [`Detector::input_len`] floats each) and discards the outputs: for benchmarks that
+    /// compare the inference itself with other runtimes.
+    pub fn infer(&mut self, input: &[f32], batch: usize) -> Result<(), Error> {
+        let shape = [
+            batch,
+            3,
+            self.manifest.input_height as usize,
+            self.manifest.input_width as usize,
+        ];
+        let tensor = TensorRef::from_array_view((shape, input))?;
+        self.session.run(ort::inputs![tensor])?;
+        Ok(())
+    }
+
+    /// Floats of one letterboxed frame in the input tensor.
+    pub fn input_len(&self) -> usize {
+        self.pre.plane_len()
+    }
+
     /// Verifies the model file's sha256 against the manifest, opens the session, runs one
     /// blank frame and checks that the outputs have the manifest's shapes.
     pub fn probe(cfg: &DetectConfig) -> Result<ProbeReport, Error> {
