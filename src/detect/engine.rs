@@ -611,3 +611,87 @@ pub fn decode_image(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nanodet_manifest() -> Manifest {
+        toml::from_str(
+            r#"
+            model = "m.onnx"
+            sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+            layout = "nanodet"
+            input_width = 16
+            input_height = 16
+            channel_order = "bgr"
+            mean = [0, 0, 0]
+            std = [1, 1, 1]
+            num_classes = 2
+            person_class = 0
+            strides = [8]
+            reg_bins = 2
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_batched_output_is_split_per_image() {
+        let m = nanodet_manifest();
+        let p = DecodeParams {
+            num_classes: 2,
+            person_class: 0,
+            threshold: 0.5,
+        };
+        // Batch of 2, 2x2 grid, 2 classes; image 0 has a person in cell 0, image 1 in cell 3.
+        let mut cls = vec![0.0f32; 2 * 4 * 2];
+        cls[0] = 0.9;
+        cls[8 + 3 * 2] = 0.8;
+        // All distances one bin (= 8 px) with sharp logits.
+        let reg: Vec<f32> = (0..2 * 4 * 8)
+            .map(|i| if i % 2 == 1 { 30.0 } else { -30.0 })
+            .collect();
+        let outputs: [(&[i64], &[f32]); 2] = [(&[2, 4, 8], &reg), (&[2, 4, 2], &cls)];
+        let mut a = Vec::new();
+        decode_image(&m, &p, &outputs, 0, 2, &mut a).unwrap();
+        let mut b = Vec::new();
+        decode_image(&m, &p, &outputs, 1, 2, &mut b).unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!(b.len(), 1);
+        assert!((a[0].bbox.x1 - -4.0).abs() < 1e-3 && (a[0].bbox.x2 - 12.0).abs() < 1e-3);
+        assert!((b[0].bbox.x1 - 4.0).abs() < 1e-3 && (b[0].bbox.y2 - 20.0).abs() < 1e-3);
+        assert_eq!((a[0].score, b[0].score), (0.9, 0.8));
+    }
+
+    #[test]
+    fn missing_levels_are_a_shape_error() {
+        let m = nanodet_manifest();
+        let p = DecodeParams {
+            num_classes: 2,
+            person_class: 0,
+            threshold: 0.5,
+        };
+        let cls = vec![0.0f32; 8];
+        let outputs: [(&[i64], &[f32]); 1] = [(&[1, 4, 2], &cls)];
+        let e = decode_image(&m, &p, &outputs, 0, 1, &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("stride 8"), "{e}");
+    }
+
+    #[test]
+    fn the_library_is_found_by_version_in_a_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "libonnxruntime.so.1.22.0",
+            "libonnxruntime.so.1.31.1",
+            "other.so",
+        ] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let found = library_in(dir.path()).unwrap();
+        assert!(found.ends_with("libonnxruntime.so.1.31.1"), "{found:?}");
+        assert!(library_in(&dir.path().join("missing")).is_none());
+        let e = find_library(Some(Path::new("/x/lib.so"))).unwrap();
+        assert_eq!(e, Path::new("/x/lib.so"));
+    }
+}
