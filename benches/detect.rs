@@ -4,10 +4,12 @@
 //!
 //! Run: `cargo bench --bench detect` (ONNX Runtime and Python from `./.venv`, or set
 //! `ORT_DYLIB_PATH` and `AFFECTD_BENCH_PYTHON`). `AFFECTD_BENCH_THREADS` sets the thread count
-//! (default 2), `AFFECTD_BENCH_SECONDS` the time per measurement (default 3; seven alternating rounds).
+//! (default 2), `AFFECTD_BENCH_SLICE` the length of each of the 30 alternating slices (default
+//! 1 s): affectd inference, Python inference, affectd end to end, in turn.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use affectd::detect::input::FileFrames;
@@ -17,7 +19,7 @@ use affectd::track::{TrackConfig, Tracker};
 use affectd::types::{BBox, Detection};
 
 const FRAMES: usize = 16;
-const ROUNDS: usize = 7;
+const SLICES: usize = 30;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -28,7 +30,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 fn main() {
     let threads: usize = env_or("AFFECTD_BENCH_THREADS", 2);
-    let seconds: f64 = env_or("AFFECTD_BENCH_SECONDS", 3.0);
+    let slice: f64 = env_or("AFFECTD_BENCH_SLICE", 1.0);
     let python: String = env_or("AFFECTD_BENCH_PYTHON", ".venv/bin/python".to_string());
     let cfg = DetectConfig {
         engine: "engines/nanodet-m-416.toml".into(),
@@ -59,67 +61,84 @@ fn main() {
     let bytes: Vec<u8> = tensors.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(&raw, bytes).expect("write tensors");
 
+    // Python runs as one long-lived process; the two runtimes then take turns in short slices,
+    // so that both see the same load from whatever else runs on the machine.
+    let mut child = Command::new(&python)
+        .arg("benches/detect_ort.py")
+        .arg(manifest.model_path())
+        .arg(&raw)
+        .arg(frames.len().to_string())
+        .arg(threads.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    let mut to_py = child.stdin.take().expect("stdin");
+    let mut from_py = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut read_json = || {
+        let mut line = String::new();
+        from_py.read_line(&mut line).expect("python answers");
+        serde_json::from_str::<serde_json::Value>(&line).expect("json")
+    };
+    let hello = read_json();
     println!(
-        "threads {threads}, {seconds} s per measurement, {} frames of vtest",
-        frames.len()
+        "threads {threads}, {SLICES} alternating slices of {slice} s each, {} frames of vtest, \
+         Python onnxruntime {}",
+        frames.len(),
+        hello["version"]
     );
-    let mut rust = Vec::new();
-    let mut py = Vec::new();
-    for round in 0..ROUNDS {
-        // affectd: the same session.run, fed the same tensors.
-        for i in 0..3 {
-            detector
-                .infer(&tensors[(i % FRAMES) * len..][..len], 1)
-                .expect("warm-up");
-        }
+    for i in 0..3 {
+        detector
+            .infer(&tensors[i * len..][..len], 1)
+            .expect("warm-up");
+    }
+    let (mut rust, mut py, mut ratios, mut e2e) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut next = 0usize;
+    for _ in 0..SLICES {
         let (mut runs, start) = (0usize, Instant::now());
-        while start.elapsed().as_secs_f64() < seconds {
-            let i = runs % frames.len();
+        while start.elapsed().as_secs_f64() < slice {
+            let i = next % frames.len();
             detector
                 .infer(&tensors[i * len..(i + 1) * len], 1)
                 .expect("infer");
             runs += 1;
+            next += 1;
         }
-        rust.push(runs as f64 / start.elapsed().as_secs_f64());
-
-        let out = Command::new(&python)
-            .arg("benches/detect_ort.py")
-            .arg(manifest.model_path())
-            .arg(&raw)
-            .arg(frames.len().to_string())
-            .arg(threads.to_string())
-            .arg(seconds.to_string())
-            .output()
-            .expect("python runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-        py.push(v["fps"].as_f64().expect("fps"));
-        println!(
-            "round {round}: affectd {:.2} frames/s, python onnxruntime {} {:.2} frames/s",
-            rust[round], v["version"], py[round]
-        );
+        let r = runs as f64 / start.elapsed().as_secs_f64();
+        writeln!(to_py, "{slice}").expect("python listens");
+        let p = read_json()["fps"].as_f64().expect("fps");
+        // affectd end to end: letterbox + inference + decode + NMS + un-letterbox.
+        let (mut runs, start) = (0usize, Instant::now());
+        while start.elapsed().as_secs_f64() < slice {
+            detector.run(&[&frames[next % frames.len()]]).expect("run");
+            runs += 1;
+            next += 1;
+        }
+        e2e.push(runs as f64 / start.elapsed().as_secs_f64());
+        rust.push(r);
+        py.push(p);
+        ratios.push(r / p);
     }
-    let mut ratios: Vec<f64> = rust.iter().zip(&py).map(|(r, p)| r / p).collect();
-    let (r, p, q) = (median(&mut rust), median(&mut py), median(&mut ratios));
+    drop(to_py);
+    let _ = child.wait();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     println!(
-        "inference median: affectd {r:.2} frames/s, python {p:.2} frames/s, \
-         median of per-round ratios {q:.3}"
+        "inference: affectd mean {:.2} (best slice {:.2}) frames/s, python mean {:.2} (best \
+         slice {:.2}) frames/s; ratio of means {:.3}, median of paired ratios {:.3}",
+        mean(&rust),
+        best(&rust),
+        mean(&py),
+        best(&py),
+        mean(&rust) / mean(&py),
+        median(&mut ratios)
     );
 
-    // affectd end to end: letterbox + inference + decode + NMS + un-letterbox.
-    let refs: Vec<_> = frames.iter().collect();
-    let (mut runs, start) = (0usize, Instant::now());
-    while start.elapsed().as_secs_f64() < seconds {
-        detector.run(&refs[runs % refs.len()..][..1]).expect("run");
-        runs += 1;
-    }
-    let e2e = runs as f64 / start.elapsed().as_secs_f64();
     println!(
-        "affectd end to end (Detector::run): {e2e:.2} frames/s; letterbox alone {letterbox_ms:.2} ms/frame"
+        "affectd end to end (Detector::run: letterbox, inference, decode, NMS): mean {:.2} \
+         (best slice {:.2}) frames/s; letterbox alone {letterbox_ms:.2} ms/frame",
+        mean(&e2e),
+        best(&e2e)
     );
 
     for persons in [10, 100] {
