@@ -66,13 +66,28 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
     found.pop().map(|(_, _, p)| p)
 }
 
-/// Picks the library: config, then `ORT_DYLIB_PATH`, then the search list.
+/// Picks the library: config, then `ORT_DYLIB_PATH`, then the search list. A named file must
+/// exist; the error says who named it.
 pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, Error> {
-    if let Some(p) = configured {
-        return Ok(p.to_owned());
-    }
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
+    let named = configured
+        .map(|p| ("[detect] ort_library", p.to_owned()))
+        .or_else(|| {
+            std::env::var_os("ORT_DYLIB_PATH")
+                .filter(|p| !p.is_empty())
+                .map(|p| ("ORT_DYLIB_PATH", PathBuf::from(p)))
+        });
+    if let Some((who, path)) = named {
+        if !path.is_file() {
+            return Err(Error::Library {
+                problem: format!(
+                    "{who} names {}, which does not exist; install ONNX Runtime 1.{ORT_MINOR} \
+                     or newer (pip install onnxruntime==1.{ORT_MINOR}.1) and point it at \
+                     onnxruntime/capi/libonnxruntime.so.1.{ORT_MINOR}.*",
+                    path.display()
+                ),
+            });
+        }
+        return Ok(path);
     }
     let dirs = library_search_list();
     dirs.iter()
@@ -105,11 +120,6 @@ fn environment(configured: Option<&Path>) -> Result<ort::environment::Environmen
         return Ok(env.clone());
     }
     let path = find_library(configured)?;
-    if !path.exists() {
-        return Err(Error::Library {
-            problem: format!("{} does not exist", path.display()),
-        });
-    }
     let env = ort::init_from(&path)
         .map_err(|e| Error::Library {
             problem: e.to_string(),
@@ -691,7 +701,13 @@ mod tests {
         let found = library_in(dir.path()).unwrap();
         assert!(found.ends_with("libonnxruntime.so.1.31.1"), "{found:?}");
         assert!(library_in(&dir.path().join("missing")).is_none());
-        let e = find_library(Some(Path::new("/x/lib.so"))).unwrap();
-        assert_eq!(e, Path::new("/x/lib.so"));
+        let lib = dir.path().join("libonnxruntime.so.1.31.1");
+        assert_eq!(find_library(Some(&lib)).unwrap(), lib);
+        let e = find_library(Some(Path::new("/x/lib.so"))).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("ONNX Runtime library: [detect] ort_library names /x/lib.so, which"),
+            "{e}"
+        );
     }
 }
