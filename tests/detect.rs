@@ -12,6 +12,7 @@ use affectd::detect::input::{FileFrames, read_image};
 use affectd::detect::{DetectConfig, Detector, Provider};
 use affectd::track::{TrackConfig, Tracker};
 use affectd::types::{Detection, Frame};
+use affectd::window::{PersonStage, WindowConfig};
 
 fn config() -> DetectConfig {
     DetectConfig {
@@ -28,19 +29,12 @@ fn detector() -> &'static Mutex<Detector> {
     D.get_or_init(|| Mutex::new(Detector::new(&config()).expect("detector opens")))
 }
 
-/// The first `seconds` of vtest (10 fps), decoded once per test process.
-fn vtest(seconds: u64) -> Vec<Frame> {
-    static CACHE: OnceLock<Vec<Frame>> = OnceLock::new();
-    let all = CACHE.get_or_init(|| {
-        FileFrames::open(Path::new("tests/fixtures/vtest.mp4"), "vtest")
-            .unwrap()
-            .take(200)
-            .map(|f| f.unwrap())
-            .collect()
-    });
-    all.iter()
-        .filter(|f| f.seq < seconds * 10)
-        .cloned()
+/// The first `seconds` of vtest (10 fps).
+fn vtest(seconds: usize) -> Vec<Frame> {
+    FileFrames::open(Path::new("tests/fixtures/vtest.mp4"), "vtest")
+        .unwrap()
+        .take(seconds * 10)
+        .map(|f| f.unwrap())
         .collect()
 }
 
@@ -161,4 +155,37 @@ fn tracking_the_first_20_s_of_vtest_keeps_ids_stable() {
         "{ids} ids for {most_visible} people at once"
     );
     assert!(2 * long > ids, "{long} of {ids} tracks last over a second");
+}
+
+#[test]
+fn the_person_stage_fills_8_frame_windows_from_real_footage() {
+    let frames = vtest(4);
+    let mut stage: PersonStage =
+        PersonStage::new(&config(), TrackConfig::default(), WindowConfig::default()).unwrap();
+    let mut full = Vec::new();
+    for chunk in frames.chunks(2) {
+        for r in stage.process(chunk).unwrap() {
+            for id in r.sampled {
+                if stage.windows("vtest").unwrap().is_full(id) && !full.contains(&id) {
+                    full.push(id);
+                }
+            }
+        }
+    }
+    // Walkers confirmed at frame 3 have 8 entries by frame 10; every entry's box lies in its
+    // frame and the frames are the decoded ones, shared.
+    assert!(full.len() >= 2, "{full:?}");
+    let windows = stage.windows("vtest").unwrap();
+    let entries: Vec<_> = windows.entries(full[0]).unwrap().collect();
+    assert_eq!(entries.len(), 8);
+    assert!(entries.windows(2).all(|w| w[0].seq < w[1].seq));
+    for e in entries {
+        assert!(e.bbox.x2 <= 768.0 && e.bbox.y2 <= 576.0 && e.bbox.area() > 0.0);
+        assert!(std::sync::Arc::ptr_eq(
+            &e.frame.rgb,
+            &frames[e.seq as usize].rgb
+        ));
+    }
+    assert!(!stage.finish("vtest").is_empty());
+    assert!(stage.windows("vtest").is_none());
 }
