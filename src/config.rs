@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::detect::DetectConfig;
 use crate::ingest::{CameraConfig, IngestConfig, Source};
-use crate::model::ReadoutConfig;
+use crate::model::{ModelConfig, ReadoutConfig};
 use crate::publish::MqttConfig;
 use crate::service::ServiceConfig;
 use crate::track::TrackConfig;
@@ -29,9 +29,10 @@ pub struct Config {
     /// Settings shared by every camera's ingest pipeline.
     #[serde(default)]
     pub ingest: IngestConfig,
-    /// The person detector: engine, ONNX Runtime, thresholds.
+    /// The person detector: engine, ONNX Runtime, thresholds. Absent: no analytics, only
+    /// ingest and camera status.
     #[serde(default)]
-    pub detect: DetectConfig,
+    pub detect: Option<DetectConfig>,
     /// The multi-person tracker.
     #[serde(default)]
     pub track: TrackConfig,
@@ -41,6 +42,9 @@ pub struct Config {
     /// The MQTT broker that receives status and results.
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// The EmotionCLIP encoder. Absent: no emotion analytics (ingest and status only).
+    #[serde(default)]
+    pub model: Option<ModelConfig>,
     /// Emotion classes and valence/arousal read-out.
     #[serde(default)]
     pub readout: ReadoutConfig,
@@ -152,9 +156,14 @@ impl Config {
             camera.resolve_paths(&base);
         }
         self.ingest.resolve_paths(&base);
-        self.detect.resolve_paths(&base);
+        if let Some(detect) = &mut self.detect {
+            detect.resolve_paths(&base);
+        }
         self.mqtt.resolve_paths(&base);
         self.readout.resolve_paths(&base);
+        if let Some(model) = &mut self.model {
+            model.resolve_paths(&base);
+        }
     }
 
     /// Checks every section; the first problem found is returned.
@@ -176,10 +185,21 @@ impl Config {
             }
         }
         self.ingest.validate("ingest")?;
-        self.detect.validate("detect")?;
+        if let Some(detect) = &self.detect {
+            detect.validate("detect")?;
+        }
         self.track.validate("track")?;
         self.window.validate("window")?;
         self.mqtt.validate("mqtt")?;
+        if let Some(model) = &self.model {
+            if self.detect.is_none() {
+                return Err(ConfigError::invalid(
+                    "model",
+                    "needs a [detect] section: the encoder runs on detected persons",
+                ));
+            }
+            model.validate("model")?;
+        }
         self.readout.validate("readout")?;
         self.service.validate("service")?;
         Ok(())
@@ -206,13 +226,23 @@ impl Config {
         if let Some(p) = &self.mqtt.password_file {
             files.push(("mqtt.password_file".into(), p.clone(), FileKind::File));
         }
-        files.push((
-            "detect.engine".into(),
-            self.detect.engine.clone(),
-            FileKind::File,
-        ));
-        if let Some(p) = &self.detect.ort_library {
-            files.push(("detect.ort_library".into(), p.clone(), FileKind::File));
+        if let Some(model) = &self.model {
+            if let Some(p) = model.weights_to_load() {
+                files.push(("model.weights".into(), p.to_owned(), FileKind::File));
+            }
+            if let Some(p) = &model.config {
+                files.push(("model.config".into(), p.clone(), FileKind::File));
+            }
+        }
+        if let Some(detect) = &self.detect {
+            files.push((
+                "detect.engine".into(),
+                detect.engine.clone(),
+                FileKind::File,
+            ));
+            if let Some(p) = &detect.ort_library {
+                files.push(("detect.ort_library".into(), p.clone(), FileKind::File));
+            }
         }
         if let Some(p) = &self.readout.heads_file {
             files.push(("readout.heads_file".into(), p.clone(), FileKind::File));

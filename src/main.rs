@@ -24,6 +24,8 @@ enum Command {
     Run(ConfigArg),
     /// Parse and validate a config, then probe what it names (pipelines, files, broker).
     Check(ConfigArg),
+    /// Run EmotionCLIP on tensors from a safetensors file and write the embeddings (parity tool).
+    Embed(affectd::model::EmbedArgs),
     /// Run the person detector (and with --track the tracker) on an image or a video file.
     Detect(affectd::detect::DetectArgs),
 }
@@ -61,6 +63,13 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => run(args),
         Command::Check(args) => check(args),
+        Command::Embed(args) => affectd::model::embed::run(args).map_err(|e| {
+            if e.is_usage() {
+                Failure::Usage(e.into())
+            } else {
+                Failure::Runtime(e.into())
+            }
+        }),
         Command::Detect(args) => affectd::detect::cli::run(args).map_err(|e| match e {
             affectd::detect::Error::Config(e) => Failure::from(e),
             e => Failure::Runtime(e.into()),

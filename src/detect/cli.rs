@@ -51,7 +51,7 @@ pub fn run(args: &DetectArgs) -> Result<(), Error> {
     let (detect, track) = match &args.config {
         Some(path) => {
             let c = Config::load(path)?;
-            (c.detect, c.track)
+            (c.detect.unwrap_or_default(), c.track)
         }
         None => (DetectConfig::default(), TrackConfig::default()),
     };

@@ -94,6 +94,9 @@ impl Ingest {
     }
 
     fn shutdown(&mut self, timeout: Duration) {
+        if self.cameras.is_empty() {
+            return;
+        }
         let start = Instant::now();
         // EOS gets three quarters of the time; tearing down and joining the rest.
         let eos_deadline = start + timeout.mul_f64(0.75);
@@ -101,7 +104,8 @@ impl Ingest {
         for camera in &self.cameras {
             let _ = camera.stop.try_send(eos_deadline);
         }
-        for camera in &mut self.cameras {
+        let cameras = std::mem::take(&mut self.cameras);
+        for mut camera in cameras {
             let Some(thread) = camera.thread.take() else {
                 continue;
             };
@@ -114,12 +118,10 @@ impl Ingest {
                 warn!(camera = %camera.id, "camera thread did not stop in time; leaving it behind");
             }
         }
-        if !self.cameras.is_empty() {
-            info!(
-                elapsed_ms = start.elapsed().as_millis() as u64,
-                "ingest stopped"
-            );
-        }
+        info!(
+            elapsed_ms = start.elapsed().as_millis() as u64,
+            "ingest stopped"
+        );
     }
 }
 

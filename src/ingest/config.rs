@@ -290,7 +290,7 @@ const fn default_backoff_initial_s() -> f64 {
     0.5
 }
 const fn default_backoff_max_s() -> f64 {
-    30.0
+    5.0
 }
 
 #[cfg(test)]

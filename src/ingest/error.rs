@@ -21,7 +21,8 @@ pub enum Error {
     TemplateParse { template: String, message: String },
     #[error("pipeline template {template} has no element named \"{name}\"")]
     TemplateElement { template: String, name: String },
-    #[error("GStreamer element \"{0}\" is not installed")]
+    /// A plugin the pipeline needs is not installed (the text says which).
+    #[error("GStreamer plugin missing: {0}")]
     MissingElement(String),
     #[error("element {element}: cannot set {property} to \"{value}\": {message}")]
     Property {

@@ -7,9 +7,11 @@
 //! Status goes out on a `tokio::sync::watch` channel per camera.
 //!
 //! Why the supervisor restarts pipelines itself instead of using gst-plugins-rs `fallbacksrc`
-//! (which is registered, and available to custom templates in `[ingest] pipelines_dir`):
-//! - while its source is down, `fallbacksrc` keeps producing frames (black or a fallback
-//!   image) that the analytics would take for real pictures; a dead camera must yield none;
+//! (which is registered, and works in a custom template in `[ingest] pipelines_dir`: its `uri`
+//! is set like `rtspsrc`'s `location`):
+//! - while its source is not (yet) up, `fallbacksrc` produces placeholder frames (in the test
+//!   `a_custom_template_can_use_fallbacksrc`, 320x240 frames came before the camera's
+//!   768x576) that the analytics would take for real pictures; a dead camera must yield none;
 //! - its retry state is internal: the `starting | streaming | reconnecting | failed` status
 //!   and the typed last error would have to be re-derived from its statistics;
 //! - files, V4L2 devices and test sources need the same restart, stall and backoff logic,
@@ -28,5 +30,5 @@ pub use backoff::Backoff;
 pub use cameras::Ingest;
 pub use config::{CameraConfig, Decoder, IngestConfig, RtspTransport, Source, redact_userinfo};
 pub use error::Error;
-pub use pipeline::{Built, Template, build as build_pipeline, check_pipeline};
+pub use pipeline::{Built, Template, build as build_pipeline, check_pipeline, init};
 pub use queue::{FrameHub, FrameQueue};

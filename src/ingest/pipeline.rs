@@ -18,7 +18,7 @@ use gstreamer_video as gst_video;
 use gst::prelude::*;
 use gst_video::prelude::*;
 
-use super::config::{CameraConfig, Decoder, IngestConfig, RtspTransport, Source};
+use super::config::{CameraConfig, Decoder, IngestConfig, RtspTransport, Source, redact_userinfo};
 use super::error::Error;
 use super::queue::FrameQueue;
 use crate::config::Secret;
@@ -80,7 +80,9 @@ impl Template {
                     (Decoder::Software, _) | (Decoder::Auto, None) => Template::Rtsp,
                     (Decoder::Auto | Decoder::Nvidia, Some(t)) => t,
                     (Decoder::Nvidia, None) => {
-                        return Err(Error::MissingElement("nvv4l2decoder or nvh264dec".into()));
+                        return Err(Error::MissingElement(
+                            "neither nvv4l2decoder nor nvh264dec is installed".into(),
+                        ));
                     }
                 }
             }
@@ -160,6 +162,8 @@ pub fn build(camera: &CameraConfig, cfg: &IngestConfig) -> Result<Built, Error> 
             template: name.into(),
             message: "it is a single element, not a pipeline".into(),
         })?;
+    // Names the pipeline in GStreamer's own logs and in element paths of errors.
+    pipeline.set_property("name", format!("camera-{}", camera.id));
     let by_name = |n: &str| {
         pipeline.by_name(n).ok_or_else(|| Error::TemplateElement {
             template: name.into(),
@@ -177,13 +181,26 @@ pub fn build(camera: &CameraConfig, cfg: &IngestConfig) -> Result<Built, Error> 
 
     match &source {
         Source::File(path) => {
-            let path = path.to_str().ok_or_else(|| Error::Property {
+            let text = path.to_str().ok_or_else(|| Error::Property {
                 element: "src".into(),
                 property: "location".into(),
                 value: path.display().to_string(),
                 message: "the path is not UTF-8".into(),
             })?;
-            set_str(&src, "location", path)?;
+            if src.find_property("location").is_none() && src.find_property("uri").is_some() {
+                // A custom template with a URI-based source (uridecodebin, fallbacksrc).
+                let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+                let uri =
+                    gst::glib::filename_to_uri(&absolute, None).map_err(|e| Error::Property {
+                        element: "src".into(),
+                        property: "uri".into(),
+                        value: text.into(),
+                        message: e.to_string(),
+                    })?;
+                set_str(&src, "uri", &uri)?;
+            } else {
+                set_str(&src, "location", text)?;
+            }
         }
         Source::V4l2(path) => {
             let path = path.to_str().ok_or_else(|| Error::Property {
@@ -196,20 +213,31 @@ pub fn build(camera: &CameraConfig, cfg: &IngestConfig) -> Result<Built, Error> 
         }
         Source::Test(pattern) => set_str(&src, "pattern", pattern)?,
         Source::Rtsp(uri) => {
-            set_str(&src, "location", uri)?;
+            // rtspsrc takes `location`; URI-based sources in custom templates take `uri`.
+            let key = if src.find_property("location").is_some() {
+                "location"
+            } else {
+                "uri"
+            };
+            set_text(&src, key, uri, &redact_userinfo(uri))?;
+            // Tuning that only rtspsrc understands is skipped for other sources.
             let protocols = match camera.rtsp_transport {
                 RtspTransport::Tcp => "tcp",
                 RtspTransport::Udp => "udp",
                 RtspTransport::Auto => "udp+udp-mcast+tcp",
             };
-            set_str(&src, "protocols", protocols)?;
-            src.set_property("latency", camera.latency_ms);
+            if src.find_property("protocols").is_some() {
+                set_str(&src, "protocols", protocols)?;
+            }
+            if src.find_property("latency").is_some() {
+                set_str(&src, "latency", &camera.latency_ms.to_string())?;
+            }
             if let Some(user) = &camera.username {
                 set_str(&src, "user-id", user)?;
             }
             if let Some(file) = &camera.password_file {
                 let password = Secret::from_file("password_file", file)?;
-                src.set_property("user-pw", password.expose());
+                set_text(&src, "user-pw", password.expose(), "***")?;
             }
         }
     }
@@ -219,6 +247,12 @@ pub fn build(camera: &CameraConfig, cfg: &IngestConfig) -> Result<Built, Error> 
         .format(gst_video::VideoFormat::Rgb)
         .framerate(gst::Fraction::new(fps as i32, 1))
         .build();
+    if caps.find_property("caps").map(|p| p.value_type()) != Some(gst::Caps::static_type()) {
+        return Err(Error::TemplateElement {
+            template: name.into(),
+            name: "caps (a capsfilter)".into(),
+        });
+    }
     caps.set_property("caps", &out_caps);
     sink.set_sync(template.sync());
     sink.set_max_buffers(2);
@@ -231,18 +265,30 @@ pub fn build(camera: &CameraConfig, cfg: &IngestConfig) -> Result<Built, Error> 
     })
 }
 
-/// Sets a property from text: strings as they are, other types (enums, flags) parsed by
-/// GStreamer. Never panics on a bad value or a template whose element lacks the property.
+/// Sets a property from text: strings as they are, other types (numbers, enums, flags)
+/// parsed by GStreamer. Never panics on a bad value or a template whose element lacks the
+/// property.
 fn set_str(element: &gst::Element, property: &str, value: &str) -> Result<(), Error> {
+    set_text(element, property, value, value)
+}
+
+/// [`set_str`], showing `shown` instead of the value in errors (for secrets).
+fn set_text(element: &gst::Element, property: &str, value: &str, shown: &str) -> Result<(), Error> {
     let fail = |message: String| Error::Property {
         element: element.name().to_string(),
         property: property.into(),
-        value: value.into(),
+        value: shown.into(),
         message,
     };
     let pspec = element
         .find_property(property)
         .ok_or_else(|| fail("the element has no such property".into()))?;
+    let flags = pspec.flags();
+    if !flags.contains(gst::glib::ParamFlags::WRITABLE)
+        || flags.contains(gst::glib::ParamFlags::CONSTRUCT_ONLY)
+    {
+        return Err(fail("the property cannot be set".into()));
+    }
     if pspec.value_type() == gst::glib::Type::STRING {
         element.set_property(property, value);
         return Ok(());
@@ -255,7 +301,7 @@ fn set_str(element: &gst::Element, property: &str, value: &str) -> Result<(), Er
 
 /// Per-run delivery counters shared by the appsink callback and the supervisor.
 #[derive(Debug)]
-pub struct RunStats {
+pub(crate) struct RunStats {
     started: Instant,
     frames: AtomicU64,
     /// Nanoseconds after `started` of the last frame, plus one; 0 before the first.
@@ -265,7 +311,7 @@ pub struct RunStats {
 }
 
 impl RunStats {
-    pub fn new() -> Arc<RunStats> {
+    pub(crate) fn new() -> Arc<RunStats> {
         Arc::new(RunStats {
             started: Instant::now(),
             frames: AtomicU64::new(0),
@@ -275,20 +321,20 @@ impl RunStats {
     }
 
     /// When this run's pipeline was built.
-    pub fn started(&self) -> Instant {
+    pub(crate) fn started(&self) -> Instant {
         self.started
     }
 
-    pub fn frames(&self) -> u64 {
+    pub(crate) fn frames(&self) -> u64 {
         self.frames.load(Ordering::Relaxed)
     }
 
-    pub fn bad_samples(&self) -> u64 {
+    pub(crate) fn bad_samples(&self) -> u64 {
         self.bad.load(Ordering::Relaxed)
     }
 
     /// When the last frame arrived, if any did.
-    pub fn last_frame(&self) -> Option<Instant> {
+    pub(crate) fn last_frame(&self) -> Option<Instant> {
         match self.last_frame.load(Ordering::Relaxed) {
             0 => None,
             n => Some(self.started + Duration::from_nanos(n - 1)),
@@ -304,7 +350,7 @@ impl RunStats {
 
 /// Wires the appsink to the camera's queue. The callback maps the buffer, copies it into a
 /// packed RGB [`Frame`] and pushes it (drop-oldest): it never blocks the streaming thread.
-pub fn connect_sink(
+pub(crate) fn connect_sink(
     sink: &gst_app::AppSink,
     camera: CameraId,
     queue: Arc<FrameQueue>,
@@ -326,7 +372,16 @@ pub fn connect_sink(
                                 .map(|i| (caps.to_owned(), i));
                         }
                         let (_, video) = info.as_ref()?;
-                        to_frame(buffer, video, &camera, seq)
+                        // Running time: 0 at each start and each loop of a file, whatever
+                        // timestamps the container carries.
+                        let pts = buffer.pts().map(|pts| {
+                            sample
+                                .segment()
+                                .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+                                .and_then(|s| s.to_running_time(pts))
+                                .unwrap_or(pts)
+                        });
+                        to_frame(buffer, video, &camera, seq, pts)
                     });
                 match frame {
                     Some(frame) => {
@@ -351,6 +406,7 @@ fn to_frame(
     info: &gst_video::VideoInfo,
     camera: &CameraId,
     seq: u64,
+    pts: Option<gst::ClockTime>,
 ) -> Option<Frame> {
     if info.format() != gst_video::VideoFormat::Rgb {
         return None;
@@ -378,7 +434,7 @@ fn to_frame(
     Some(Frame {
         camera: camera.clone(),
         seq,
-        pts: buffer.pts().map(Duration::from),
+        pts: pts.map(Duration::from),
         wall: SystemTime::now(),
         width,
         height,
@@ -386,25 +442,36 @@ fn to_frame(
     })
 }
 
-/// Builds a camera's pipeline and brings it to READY (files and devices are opened, nothing
-/// plays), then tears it down: what `affectd check` runs for each camera.
+/// Builds a camera's pipeline and brings it to PAUSED, then tears it down: what
+/// `affectd check` runs for each camera. Files and devices are opened and a file's first
+/// frame is decoded (waiting up to `CHECK_TIMEOUT`); live sources are not waited on, so an
+/// unreachable RTSP camera passes. Nothing plays.
 pub fn check_pipeline(camera: &CameraConfig, cfg: &IngestConfig) -> Result<(), Error> {
     init()?;
     let built = build(camera, cfg)?;
-    let result = match built.pipeline.set_state(gst::State::Ready) {
-        Ok(_) => Ok(()),
-        Err(_) => Err(built
-            .pipeline
+    let pipeline = &built.pipeline;
+    let paused = pipeline.set_state(gst::State::Paused).is_ok()
+        && pipeline
+            .state(gst::ClockTime::from_seconds(CHECK_TIMEOUT.as_secs()))
+            .0
+            .is_ok();
+    let result = if paused {
+        Ok(())
+    } else {
+        Err(pipeline
             .bus()
             .and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error]))
-            .map_or(Error::StateChange, |m| bus_error(&m, &|s| s.to_owned()))),
+            .map_or(Error::StateChange, |m| bus_error(&m, &|s| s.to_owned())))
     };
-    let _ = built.pipeline.set_state(gst::State::Null);
+    let _ = pipeline.set_state(gst::State::Null);
     result
 }
 
+/// How long [`check_pipeline`] waits for a file or device to preroll.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A bus error message as a typed error; `scrub` removes secrets from the texts.
-pub fn bus_error(message: &gst::Message, scrub: &dyn Fn(&str) -> String) -> Error {
+pub(crate) fn bus_error(message: &gst::Message, scrub: &dyn Fn(&str) -> String) -> Error {
     match message.view() {
         gst::MessageView::Error(err) => Error::Stream {
             element: message

@@ -55,7 +55,7 @@ impl FrameQueue {
     }
 
     /// Adds a frame without ever blocking; when full, the oldest frame is dropped and counted.
-    pub fn push(&self, frame: Frame) {
+    pub(crate) fn push(&self, frame: Frame) {
         if self.frames.force_push(frame).is_some() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use super::backoff::Backoff;
-use super::config::{CameraConfig, IngestConfig, Source, redact_userinfo};
+use super::config::{CameraConfig, IngestConfig, redact_userinfo};
 use super::error::Error;
 use super::pipeline::{self, Built, RunStats, Template};
 use super::queue::FrameQueue;
@@ -62,18 +62,21 @@ impl Supervisor {
             Duration::from_secs_f64(self.cfg.backoff_initial_s),
             Duration::from_secs_f64(self.cfg.backoff_max_s),
         );
-        let mut meter = FpsMeter::default();
-        let mut delivered = 0u64;
-        let mut first = true;
-        loop {
-            if !first {
+        let mut last_error: Option<String> = None;
+        for attempt in 0u64.. {
+            let first_run = attempt == 0;
+            if !first_run {
                 self.status.send_modify(|s| s.restarts += 1);
             }
-            first = false;
             let (end, failed_to_build) = match pipeline::build(&self.camera, &self.cfg) {
                 Ok(built) => {
-                    info!(camera = %self.id, %source, template = built.template.file_name(), "camera pipeline starting");
-                    let end = self.run_pipeline(built, &mut backoff, &mut meter, &mut delivered);
+                    let template = built.template.file_name();
+                    if first_run {
+                        info!(camera = %self.id, %source, template, "camera pipeline starting");
+                    } else {
+                        debug!(camera = %self.id, %source, template, "camera pipeline restarting");
+                    }
+                    let end = self.run_pipeline(built, &mut backoff);
                     (end, false)
                 }
                 Err(e) => (RunEnd::Retry(e), true),
@@ -83,6 +86,7 @@ impl Supervisor {
                 RunEnd::Finished => {
                     info!(camera = %self.id, %source, "file ended and loop = false; camera finished");
                     self.set_state(CameraState::Failed, Some("finished: end of file".into()));
+                    self.status.send_modify(|s| s.fps = 0.0);
                     // Stay finished until shutdown.
                     let _ = self.stop.recv();
                     return;
@@ -90,14 +94,27 @@ impl Supervisor {
                 RunEnd::Retry(e) => e,
             };
             let delay = backoff.next_delay();
+            let text = e.to_string();
+            // The same error again (a camera that stays down) is logged once, then at DEBUG.
+            let repeated = last_error.as_deref() == Some(text.as_str());
+            let retry_in_s = delay.as_secs_f64();
             let state = if failed_to_build {
-                error!(camera = %self.id, %source, error = %e, retry_in_s = delay.as_secs_f64(), "camera pipeline cannot be built; fix the config or install the plugin");
+                if repeated {
+                    debug!(camera = %self.id, error = %text, retry_in_s, "camera pipeline still cannot be built");
+                } else {
+                    error!(camera = %self.id, %source, error = %text, retry_in_s, "camera pipeline cannot be built; fix the config or install the plugin");
+                }
                 CameraState::Failed
             } else {
-                warn!(camera = %self.id, %source, error = %e, retry_in_s = delay.as_secs_f64(), "camera source failed; restarting after backoff");
+                if repeated {
+                    debug!(camera = %self.id, error = %text, retry_in_s, "camera source still failing");
+                } else {
+                    warn!(camera = %self.id, %source, error = %text, retry_in_s, "camera source failed; restarting after backoff");
+                }
                 CameraState::Reconnecting
             };
-            self.set_state(state, Some(e.to_string()));
+            self.set_state(state, Some(text.clone()));
+            last_error = Some(text);
             self.status.send_modify(|s| s.fps = 0.0);
             match self.stop.recv_timeout(delay) {
                 Err(RecvTimeoutError::Timeout) => {}
@@ -107,13 +124,7 @@ impl Supervisor {
     }
 
     /// Plays one pipeline until it fails, stalls, ends or shutdown is asked for.
-    fn run_pipeline(
-        &self,
-        built: Built,
-        backoff: &mut Backoff,
-        meter: &mut FpsMeter,
-        delivered: &mut u64,
-    ) -> RunEnd {
+    fn run_pipeline(&self, built: Built, backoff: &mut Backoff) -> RunEnd {
         let Built {
             pipeline,
             sink,
@@ -121,7 +132,8 @@ impl Supervisor {
         } = built;
         let stats = RunStats::new();
         pipeline::connect_sink(&sink, self.id.clone(), self.queue.clone(), stats.clone());
-        self.set_state(CameraState::Starting, None);
+        // The state stays `starting` (first run) or `reconnecting` / `failed` (a retry) until
+        // the first frame arrives.
         let Some(bus) = pipeline.bus() else {
             return RunEnd::Retry(Error::StateChange);
         };
@@ -136,7 +148,7 @@ impl Supervisor {
             return teardown(RunEnd::Retry(e));
         }
         let stall = Duration::from_secs_f64(self.cfg.stall_timeout_s);
-        let before = *delivered;
+        let mut meter = FpsMeter::default();
         let mut streaming_since: Option<Instant> = None;
         let mut next_status = Instant::now() + STATUS_EVERY;
         loop {
@@ -147,8 +159,14 @@ impl Supervisor {
                 }
                 Err(TryRecvError::Empty) => {}
             }
-            if let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(TICK.as_millis() as u64))
-            {
+            // Other messages (state changes, tags, QoS) are discarded here.
+            let wanted = [
+                gst::MessageType::Error,
+                gst::MessageType::Eos,
+                gst::MessageType::Warning,
+            ];
+            let tick = gst::ClockTime::from_mseconds(TICK.as_millis() as u64);
+            if let Some(msg) = bus.timed_pop_filtered(tick, &wanted) {
                 match msg.view() {
                     gst::MessageView::Error(_) => {
                         return teardown(RunEnd::Retry(self.bus_error(&msg)));
@@ -180,7 +198,6 @@ impl Supervisor {
             }
 
             let now = Instant::now();
-            *delivered = before + stats.frames();
             let last_activity = stats.last_frame().unwrap_or(stats.started());
             match streaming_since {
                 None if stats.frames() > 0 => {
@@ -197,7 +214,7 @@ impl Supervisor {
             }
             if now >= next_status {
                 next_status = now + STATUS_EVERY;
-                let fps = meter.record(now, *delivered);
+                let fps = meter.record(now, stats.frames());
                 let dropped = self.queue.dropped();
                 self.status.send_modify(|s| {
                     s.fps = if streaming_since.is_some() { fps } else { 0.0 };
@@ -212,7 +229,18 @@ impl Supervisor {
 
     /// Sends EOS, waits for it until `deadline`, then sets the pipeline to NULL.
     fn shutdown(&self, pipeline: &gst::Pipeline, bus: &gst::Bus, deadline: Instant) -> RunEnd {
-        pipeline.send_event(gst::event::Eos::new());
+        // A source in pull mode (filesrc under a demuxer) accepts EOS but never sends it:
+        // end the stream at the appsink instead (not at videorate, which would first fill
+        // the rest of the file's segment with duplicates).
+        let pulled = pipeline
+            .by_name("src")
+            .and_then(|s| s.static_pad("src"))
+            .is_some_and(|p| p.mode() == gst::PadMode::Pull);
+        let sink_pad = pipeline.by_name("sink").and_then(|r| r.static_pad("sink"));
+        match sink_pad {
+            Some(pad) if pulled => pad.send_event(gst::event::Eos::new()),
+            _ => pipeline.send_event(gst::event::Eos::new()),
+        };
         let wait = deadline.saturating_duration_since(Instant::now());
         let drained = bus
             .timed_pop_filtered(
@@ -241,28 +269,37 @@ impl Supervisor {
         pipeline::bus_error(message, &|s| self.scrub(s))
     }
 
-    /// Removes RTSP credentials (URI user info and the password) from a text.
+    /// [`scrub`] with this camera's URI and password.
     fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        if let Ok(Source::Rtsp(uri)) = self.camera.source() {
-            let redacted = redact_userinfo(&uri);
-            if redacted != uri {
-                out = out.replace(&uri, &redacted);
-                if let Some((userinfo, _)) = uri
-                    .split_once("://")
-                    .and_then(|(_, rest)| rest.split_once('@'))
-                {
-                    out = out.replace(userinfo, "***");
-                }
-            }
-        }
-        if let Some(file) = &self.camera.password_file
-            && let Ok(pw) = crate::config::Secret::from_file("password_file", file)
-        {
-            out = out.replace(pw.expose(), "***");
-        }
-        out
+        let password = self
+            .camera
+            .password_file
+            .as_ref()
+            .and_then(|f| crate::config::Secret::from_file("password_file", f).ok());
+        scrub(
+            text,
+            &self.camera.uri,
+            password.as_ref().map(|p| p.expose()),
+        )
     }
+}
+
+/// Makes a GStreamer error text about a camera safe to log and publish: the URI's user info
+/// and the password become `***`, newlines become spaces.
+fn scrub(text: &str, uri: &str, password: Option<&str>) -> String {
+    let mut out = text.replace(['\n', '\r'], " ");
+    let authority = uri
+        .split_once("://")
+        .map(|(_, rest)| &rest[..rest.find('/').unwrap_or(rest.len())]);
+    if let Some((userinfo, _)) = authority.and_then(|a| a.rsplit_once('@'))
+        && !userinfo.is_empty()
+    {
+        out = out.replace(userinfo, "***");
+    }
+    if let Some(pw) = password.filter(|p| !p.is_empty()) {
+        out = out.replace(pw, "***");
+    }
+    out
 }
 
 /// Frames per second over the last [`FPS_WINDOW`], from a cumulative frame count.
@@ -291,6 +328,18 @@ impl FpsMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_are_scrubbed_from_error_texts() {
+        let uri = "rtsp://admin:s3cret@10.0.0.2/live@1";
+        let text = "Failed: rtsp://admin:s3cret@10.0.0.2/live@1\nuser admin:s3cret pw hunter2";
+        assert_eq!(
+            scrub(text, uri, Some("hunter2")),
+            "Failed: rtsp://***@10.0.0.2/live@1 user *** pw ***"
+        );
+        assert_eq!(scrub("a@b", "rtsp://h/p@x", None), "a@b");
+        assert_eq!(scrub("x", "rtsp://@h/p", Some("")), "x");
+    }
 
     #[test]
     fn fps_is_measured_over_the_last_two_seconds() {

@@ -1,20 +1,40 @@
 //! The analytics thread: the one consumer of every camera's frame queue.
 //!
-//! It drains the ingest hub on a named OS thread and keeps the heartbeat that the watchdog
-//! reads. Detection, tracking and the encoder plug in here as they land.
+//! Per wake-up it takes every frame waiting (from all cameras), runs the detector over them,
+//! advances each camera's tracker, publishes track begin/end events, samples the tracks'
+//! windows and hands each sampled person to the encoder stage. Without a `[detect]` section
+//! it only drains the queues (ingest and status only).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::health::Beat;
+use crate::detect::Detector;
 use crate::ingest::FrameHub;
+use crate::model::{EncoderSender, PersonSample};
+use crate::publish::{Publisher, TRACK_SCHEMA, TrackEvent, TrackEventKind, normalised_box};
+use crate::track::{TrackConfig, TrackId, TrackUpdate, Tracker};
+use crate::types::{BBox, CameraId, Detection, Frame, rfc3339};
+use crate::window::{WindowConfig, Windows};
 
 /// How long the thread sleeps waiting for frames before it beats and looks at the stop flag.
 const IDLE_WAKE: Duration = Duration::from_millis(500);
+
+/// What the analytics thread runs besides draining frames.
+pub struct Pipeline {
+    pub detector: Detector,
+    pub track: TrackConfig,
+    pub window: WindowConfig,
+    /// Where sampled persons go; `None` runs detection and tracking only.
+    pub encoder: Option<EncoderSender>,
+    pub publisher: Publisher,
+    pub node: String,
+}
 
 pub struct Analytics {
     stop: Arc<AtomicBool>,
@@ -22,29 +42,194 @@ pub struct Analytics {
 }
 
 impl Analytics {
-    pub fn spawn(hub: FrameHub, beat: Beat) -> std::io::Result<Analytics> {
+    pub fn spawn(hub: FrameHub, pipeline: Option<Pipeline>, beat: Beat) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("analytics".into())
             .spawn(move || {
+                let mut worker = pipeline.map(Worker::new);
                 let mut frames = 0u64;
                 while !flag.load(Ordering::Relaxed) {
                     let batch = hub.next_batch(IDLE_WAKE);
                     beat.beat();
                     frames += batch.len() as u64;
-                    for frame in &batch {
-                        debug!(camera = %frame.camera, seq = frame.seq, "frame");
+                    if let Some(w) = worker.as_mut() {
+                        w.process(&batch);
                     }
+                }
+                if let Some(w) = worker.as_mut() {
+                    w.finish();
                 }
                 debug!(frames, "analytics stopped");
             })?;
         Ok(Analytics { stop, thread })
     }
 
-    /// Asks the thread to finish and waits for it.
+    /// Asks the thread to finish (ending every track) and waits for it.
     pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
     }
+}
+
+/// A track's lifetime as the events report it.
+#[derive(Clone)]
+struct Seen {
+    first: SystemTime,
+    last: SystemTime,
+    bbox: BBox,
+    size: (u32, u32),
+}
+
+struct CameraState {
+    tracker: Tracker,
+    windows: Windows,
+    seen: HashMap<TrackId, Seen>,
+}
+
+struct Worker {
+    pipeline: Pipeline,
+    cameras: HashMap<CameraId, CameraState>,
+    failures: u64,
+}
+
+impl Worker {
+    fn new(pipeline: Pipeline) -> Self {
+        Self {
+            pipeline,
+            cameras: HashMap::new(),
+            failures: 0,
+        }
+    }
+
+    fn process(&mut self, frames: &[Frame]) {
+        if frames.is_empty() {
+            return;
+        }
+        let refs: Vec<&Frame> = frames.iter().collect();
+        let detections = match self.pipeline.detector.run(&refs) {
+            Ok(d) => d,
+            Err(e) => {
+                self.failures += 1;
+                if self.failures.is_power_of_two() {
+                    warn!(error = %e, failures = self.failures, "detector failed; frames dropped");
+                }
+                return;
+            }
+        };
+        for (frame, dets) in frames.iter().zip(&detections) {
+            self.track(frame, dets);
+        }
+    }
+
+    fn track(&mut self, frame: &Frame, dets: &[Detection]) {
+        let (track, window) = (&self.pipeline.track, &self.pipeline.window);
+        let state = self
+            .cameras
+            .entry(frame.camera.clone())
+            .or_insert_with(|| CameraState {
+                tracker: Tracker::new(track.clone()),
+                windows: Windows::new(window.clone()),
+                seen: HashMap::new(),
+            });
+        let update = state.tracker.update(dets, frame.wall);
+        let size = (frame.width, frame.height);
+        for t in &update.active {
+            let seen = state.seen.entry(t.id).or_insert(Seen {
+                first: frame.wall,
+                last: frame.wall,
+                bbox: t.bbox,
+                size,
+            });
+            seen.last = frame.wall;
+            seen.bbox = t.bbox;
+            seen.size = size;
+        }
+        let mut events = Vec::new();
+        for id in &update.started {
+            if let Some(seen) = state.seen.get(id) {
+                events.push((*id, TrackEventKind::Begin, seen.clone()));
+            }
+        }
+        for ended in &update.ended {
+            if let Some(seen) = state.seen.remove(&ended.id) {
+                events.push((ended.id, TrackEventKind::End, seen));
+            }
+        }
+        let sampled = state.windows.update(frame, &update, dets);
+        let samples: Vec<PersonSample> = sampled
+            .iter()
+            .filter_map(|id| sample_box(&update, dets, *id).map(|bbox| (id, bbox)))
+            .map(|(id, bbox)| PersonSample {
+                frame: frame.clone(),
+                track_id: *id,
+                bbox,
+            })
+            .collect();
+        for (id, kind, seen) in events {
+            self.publish_event(&frame.camera, id, kind, &seen);
+            if kind == TrackEventKind::End
+                && let Some(encoder) = &self.pipeline.encoder
+            {
+                encoder.track_ended((frame.camera.clone(), id));
+            }
+        }
+        if let Some(encoder) = &self.pipeline.encoder {
+            samples.into_iter().for_each(|s| encoder.sample(s));
+        }
+    }
+
+    /// Ends every open track (shutdown): their `end` events go out before MQTT is flushed.
+    fn finish(&mut self) {
+        let cameras: Vec<CameraId> = self.cameras.keys().cloned().collect();
+        for camera in cameras {
+            let Some(state) = self.cameras.get_mut(&camera) else {
+                continue;
+            };
+            let ended = state.tracker.finish();
+            let seen: Vec<(TrackId, Seen)> = ended
+                .into_iter()
+                .filter_map(|e| state.seen.remove(&e.id).map(|s| (e.id, s)))
+                .collect();
+            for (id, s) in seen {
+                self.publish_event(&camera, id, TrackEventKind::End, &s);
+            }
+        }
+    }
+
+    fn publish_event(&self, camera: &CameraId, id: TrackId, kind: TrackEventKind, seen: &Seen) {
+        let event = TrackEvent {
+            schema: TRACK_SCHEMA,
+            node: self.pipeline.node.clone(),
+            camera: camera.to_string(),
+            track_id: id,
+            event: kind,
+            time: rfc3339(SystemTime::now()),
+            first_seen: rfc3339(seen.first),
+            last_seen: rfc3339(seen.last),
+            bbox: normalised_box(&seen.bbox, seen.size.0, seen.size.1),
+        };
+        let publisher = &self.pipeline.publisher;
+        let topic = publisher.topics().under(&format!("{camera}/tracks"));
+        match serde_json::to_vec(&event) {
+            Ok(payload) => {
+                if let Err(e) = publisher.publish(topic, payload) {
+                    debug!(error = %e, "track event not queued");
+                }
+            }
+            Err(e) => debug!(error = %e, "track event not serialisable"),
+        }
+    }
+}
+
+/// The box a sampled track contributes: its matched detection, else the filtered box
+/// (the same choice the window made for its entry).
+fn sample_box(update: &TrackUpdate, dets: &[Detection], id: TrackId) -> Option<BBox> {
+    let t = update.active.iter().find(|t| t.id == id)?;
+    Some(
+        t.detection
+            .and_then(|i| dets.get(i))
+            .map_or(t.bbox, |d| d.bbox),
+    )
 }

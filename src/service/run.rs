@@ -10,11 +10,13 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::analytics::Analytics;
+use super::analytics::{Analytics, Pipeline};
 use super::health::{Health, Systemd};
 use super::signals::{Signal, Signals};
 use crate::config::Config;
+use crate::detect::Detector;
 use crate::ingest::Ingest;
+use crate::model::{self, EncoderStage, StageOptions};
 use crate::publish;
 use crate::types::{CameraId, CameraState, CameraStatus};
 
@@ -43,10 +45,41 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         "affectd starting"
     );
     let mqtt = publish::start(&config.mqtt, &config.node.id).context("cannot start MQTT")?;
+    // Engines load before any camera starts: a bad model file fails here, not mid-stream.
+    let encoder = match &config.model {
+        Some(model_cfg) => {
+            let loaded =
+                model::load(model_cfg, &config.readout).context("cannot load the model")?;
+            info!(model = %loaded.id.name, weights = %loaded.id.weights, "model ready");
+            let options = StageOptions {
+                node: config.node.id.clone(),
+                max_batch: model_cfg.max_batch,
+                queue: model_cfg.queue,
+                ema_alpha: config.readout.ema_alpha,
+                include_embedding: model_cfg.include_embedding,
+            };
+            Some(
+                EncoderStage::spawn(loaded, options, mqtt.clone(), health.register("encoder"))
+                    .context("cannot start the encoder thread")?,
+            )
+        }
+        None => None,
+    };
+    let pipeline = match &config.detect {
+        Some(detect) => Some(Pipeline {
+            detector: Detector::new(detect).context("cannot start the detector")?,
+            track: config.track.clone(),
+            window: config.window.clone(),
+            encoder: encoder.as_ref().map(EncoderStage::sender),
+            publisher: mqtt.clone(),
+            node: config.node.id.clone(),
+        }),
+        None => None,
+    };
     let ingest = Ingest::start(&config.cameras, &config.ingest).context("cannot start ingest")?;
     let statuses = ingest.statuses();
     let status_task = publish::spawn_camera_status(mqtt.clone(), statuses.clone());
-    let analytics = Analytics::spawn(ingest.hub(), health.register("analytics"))
+    let analytics = Analytics::spawn(ingest.hub(), pipeline, health.register("analytics"))
         .context("cannot start the analytics thread")?;
 
     let mut ready = Box::pin(wait_ready(statuses, mqtt.ever_connected()));
@@ -90,6 +123,12 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         .await
         .context("ingest shutdown panicked")?;
     analytics.stop();
+    if let Some(encoder) = encoder {
+        let budget = left(deadline).mul_f64(0.5);
+        tokio::task::spawn_blocking(move || encoder.stop(budget))
+            .await
+            .context("encoder shutdown panicked")?;
+    }
     let report = mqtt.shutdown(left(deadline)).await;
     let _ = status_task.await;
     info!(mqtt = %report, "stopped");

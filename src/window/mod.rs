@@ -2,9 +2,7 @@
 //! which the emotion model reads as its 8-frame clip.
 
 mod config;
-mod stage;
 mod store;
 
 pub use config::WindowConfig;
-pub use stage::{FrameResult, PersonStage};
 pub use store::{Entry, Windows};

@@ -1,0 +1,157 @@
+//! `[model]`: which EmotionCLIP weights the live path runs and how it feeds them.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::preprocess::CropPolicy;
+use crate::config::{ConfigError, check_range, resolve};
+
+/// `[model]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Weights: `.safetensors` or the official EmotionCLIP release `.pt` (official key names).
+    pub weights: Option<PathBuf>,
+    /// Hyperparameters in the official layout (`embed_dim`, `vision_cfg`, `text_cfg`,
+    /// `temporal`) as JSON; absent means the ViT-B/32 preset of the released model.
+    #[serde(default)]
+    pub config: Option<PathBuf>,
+    /// When `weights` is absent or missing on disk, run seeded random ViT-B/32 weights instead
+    /// of failing. Every message then says `untrained`. For demos and tests only.
+    #[serde(default)]
+    pub allow_untrained: bool,
+    /// Seed of the random weights used with `allow_untrained`.
+    #[serde(default)]
+    pub seed: u64,
+    /// Name reported in messages (`model.name`).
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// How the person is cropped to the encoder's square input: `subject` (a square around the
+    /// person with context, kept inside the frame, so the person is never cut off) or
+    /// `centre` (short side to 256, centre crop: the official evaluation).
+    #[serde(default)]
+    pub crop: Crop,
+    /// With `crop = "subject"`: side of the square as a multiple of the person box's longer side.
+    #[serde(default = "default_context")]
+    pub context: f32,
+    /// Run the temporal encoder and publish after this many new frames of a track (1 = every
+    /// sampled frame). Frame features are computed once per frame either way.
+    #[serde(default = "default_update_every")]
+    pub update_every: usize,
+    /// Most person-frames in one frame-encoder batch.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Person-frames waiting for the encoder; beyond it the oldest are dropped and counted.
+    /// Small on purpose: a long queue only adds latency when the encoder cannot keep up.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Also publish the video embedding in each message.
+    #[serde(default)]
+    pub include_embedding: bool,
+    /// `cpu`, or `cuda` (needs the `cuda` cargo feature).
+    #[serde(default)]
+    pub device: ModelDevice,
+}
+
+/// `[model] crop`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Crop {
+    #[default]
+    Subject,
+    Centre,
+}
+
+/// `[model] device`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelDevice {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+impl ModelConfig {
+    pub fn crop_policy(&self) -> CropPolicy {
+        match self.crop {
+            Crop::Subject => CropPolicy::SubjectCentred {
+                context: self.context,
+                min_side: 224.0,
+            },
+            Crop::Centre => CropPolicy::OFFICIAL_EVAL,
+        }
+    }
+
+    /// The weights file to load, or `None` when the seeded random weights will run.
+    pub fn weights_to_load(&self) -> Option<&Path> {
+        match &self.weights {
+            Some(p) if !self.allow_untrained || p.exists() => Some(p),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        for p in [&mut self.weights, &mut self.config].into_iter().flatten() {
+            *p = resolve(base, p);
+        }
+    }
+
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.weights.is_none() && !self.allow_untrained {
+            return Err(ConfigError::invalid(
+                format!("{key}.weights"),
+                "is required (or set allow_untrained = true to run seeded random weights)",
+            ));
+        }
+        if self.name.trim().is_empty() {
+            return Err(ConfigError::invalid(format!("{key}.name"), "is empty"));
+        }
+        check_range(&format!("{key}.context"), self.context, 1.0, 8.0)?;
+        check_range(&format!("{key}.update_every"), self.update_every, 1, 64)?;
+        check_range(&format!("{key}.max_batch"), self.max_batch, 1, 256)?;
+        check_range(&format!("{key}.queue"), self.queue, 1, 4096)?;
+        if self.device == ModelDevice::Cuda && !cfg!(feature = "cuda") {
+            return Err(ConfigError::invalid(
+                format!("{key}.device"),
+                "\"cuda\" needs a build with the `cuda` feature",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            weights: None,
+            config: None,
+            allow_untrained: false,
+            seed: 0,
+            name: default_name(),
+            crop: Crop::default(),
+            context: default_context(),
+            update_every: default_update_every(),
+            max_batch: default_max_batch(),
+            queue: default_queue(),
+            include_embedding: false,
+            device: ModelDevice::default(),
+        }
+    }
+}
+
+fn default_name() -> String {
+    "emotionclip-vitb32".to_owned()
+}
+const fn default_context() -> f32 {
+    2.0
+}
+const fn default_update_every() -> usize {
+    4
+}
+const fn default_max_batch() -> usize {
+    8
+}
+const fn default_queue() -> usize {
+    16
+}

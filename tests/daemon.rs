@@ -1,0 +1,396 @@
+//! The `affectd` binary end to end, with real parts: the bundled clip and videotestsrc through
+//! GStreamer, an RTSP server from gst-rtsp-server, and a mosquitto broker on 127.0.0.1.
+
+#[path = "common/mosquitto.rs"]
+mod mosquitto;
+#[path = "common/rtsp.rs"]
+mod rtsp;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use mosquitto::{Mosquitto, Msg, Subscriber};
+use rtsp::RtspServer;
+use serde_json::Value;
+
+const NODE: &str = "e2e";
+
+/// A running `affectd run` with its config in a temporary folder; killed on drop.
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(config: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("affectd.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_affectd"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Daemon { child, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the status and how long it took.
+    fn terminate(&mut self, limit: Duration) -> (ExitStatus, Duration) {
+        let t0 = Instant::now();
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, t0.elapsed());
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "no exit within {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn config(broker: &Mosquitto, cameras: &str, extra: &str) -> String {
+    format!(
+        r#"
+[node]
+id = "{NODE}"
+{cameras}
+[mqtt]
+port = {port}
+status_interval_s = 1.0
+{extra}
+"#,
+        port = broker.port()
+    )
+}
+
+fn status_topic(camera: &str) -> String {
+    format!("affectd/{NODE}/{camera}/status")
+}
+
+fn json(m: &Msg) -> Value {
+    serde_json::from_slice(&m.payload).unwrap_or(Value::Null)
+}
+
+fn is_state(m: &Msg, camera: &str, state: &str) -> bool {
+    m.topic == status_topic(camera) && json(m)["state"] == state
+}
+
+#[test]
+fn clip_streams_near_8_fps_and_sigterm_publishes_offline_within_5_s() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::new(&broker, "affectd/#");
+    let cameras = format!(
+        "[[camera]]\nid = \"walkway\"\nuri = \"file:{}\"\n",
+        fixture("vtest-10s.mp4").display()
+    );
+    let mut daemon = Daemon::start(&config(&broker, &cameras, ""));
+
+    let online = sub.wait_for(Duration::from_secs(10), |m| {
+        m.topic == format!("affectd/{NODE}/status") && m.text() == "online"
+    });
+    assert!(online.is_some(), "no online:\n{}", daemon.log());
+    // fps is measured over 2 s windows: look at the status once it has settled.
+    let settled = sub.wait_for(Duration::from_secs(15), |m| {
+        is_state(m, "walkway", "streaming") && json(m)["fps"].as_f64().unwrap_or(0.0) > 6.0
+    });
+    assert!(settled.is_some(), "no streaming status:\n{}", daemon.log());
+    std::thread::sleep(Duration::from_secs(2));
+    let fps: Vec<f64> = sub
+        .messages()
+        .iter()
+        .filter(|m| is_state(m, "walkway", "streaming"))
+        .filter_map(|m| json(m)["fps"].as_f64())
+        .filter(|f| *f > 0.0)
+        .collect();
+    let last = *fps.last().unwrap();
+    assert!((7.0..=9.0).contains(&last), "fps {fps:?}");
+
+    let (status, took) = daemon.terminate(Duration::from_secs(6));
+    assert!(status.success(), "exit {status:?}:\n{}", daemon.log());
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    // The retained node status a newcomer sees is `offline`.
+    let late = Subscriber::new(&broker, &format!("affectd/{NODE}/status"));
+    let retained = late.wait_for(Duration::from_secs(3), |m| m.retain);
+    assert_eq!(retained.map(|m| m.text()).as_deref(), Some("offline"));
+}
+
+#[test]
+fn rtsp_outage_recovers_without_restart_while_another_camera_keeps_streaming() {
+    gstreamer::init().unwrap();
+    let broker = Mosquitto::start();
+    let sub = Subscriber::new(&broker, "affectd/#");
+    let mut server = RtspServer::start("door", &RtspServer::mp4_launch(&fixture("vtest.mp4")));
+    let cameras = format!(
+        "[[camera]]\nid = \"door\"\nuri = \"{}\"\n\n[[camera]]\nid = \"lab\"\nuri = \"test:ball\"\n",
+        server.url()
+    );
+    let extra = "[ingest]\nstall_timeout_s = 2.0\nbackoff_initial_s = 0.5\nbackoff_max_s = 2.0\n";
+    let mut daemon = Daemon::start(&config(&broker, &cameras, extra));
+    let pid = daemon.child.id();
+
+    assert!(
+        sub.wait_for(Duration::from_secs(15), |m| is_state(
+            m,
+            "door",
+            "streaming"
+        ))
+        .is_some(),
+        "door never streamed:\n{}",
+        daemon.log()
+    );
+    let before = sub.mark();
+    server.stop();
+    let down = Instant::now();
+    assert!(
+        sub.wait_for_after(before, Duration::from_secs(10), |m| is_state(
+            m,
+            "door",
+            "reconnecting"
+        ))
+        .is_some(),
+        "door never went reconnecting:\n{}",
+        daemon.log()
+    );
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(down.elapsed()));
+    let outage = sub.mark();
+    server.restart();
+    let back = Instant::now();
+    let recovered = sub.wait_for_after(outage, Duration::from_secs(20), |m| {
+        is_state(m, "door", "streaming") && json(m)["restarts"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(
+        recovered.is_some(),
+        "door did not recover:\n{}",
+        daemon.log()
+    );
+    eprintln!(
+        "door recovered {:?} after the server came back",
+        back.elapsed()
+    );
+
+    // The other camera streamed throughout: every status it sent during the outage says so.
+    let lab: Vec<Value> = sub.messages()[before..]
+        .iter()
+        .filter(|m| m.topic == status_topic("lab") && !m.retain)
+        .map(json)
+        .collect();
+    assert!(lab.len() >= 3, "too few lab statuses: {lab:?}");
+    assert!(
+        lab.iter()
+            .all(|s| s["state"] == "streaming" && s["restarts"] == 0),
+        "{lab:?}"
+    );
+    assert!(daemon.is_running());
+    assert_eq!(daemon.child.id(), pid, "the process was never restarted");
+    let (status, _) = daemon.terminate(Duration::from_secs(6));
+    assert!(status.success());
+}
+
+#[test]
+fn broker_restart_is_survived() {
+    let mut broker = Mosquitto::start();
+    let sub = Subscriber::new(&broker, "affectd/#");
+    let cameras = "[[camera]]\nid = \"lab\"\nuri = \"test:smpte\"\n";
+    let mut daemon = Daemon::start(&config(&broker, cameras, ""));
+    assert!(
+        sub.wait_for(Duration::from_secs(10), |m| is_state(m, "lab", "streaming"))
+            .is_some(),
+        "{}",
+        daemon.log()
+    );
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    broker.restart();
+    // Persistence is off: only a reconnected daemon can put these back.
+    let late = Subscriber::new(&broker, "affectd/#");
+    let online = late.wait_for(Duration::from_secs(20), |m| {
+        m.topic == format!("affectd/{NODE}/status") && m.text() == "online"
+    });
+    assert!(
+        online.is_some(),
+        "no online after restart:\n{}",
+        daemon.log()
+    );
+    assert!(
+        late.wait_for(Duration::from_secs(10), |m| is_state(m, "lab", "streaming"))
+            .is_some()
+    );
+    assert!(daemon.is_running());
+    let (status, _) = daemon.terminate(Duration::from_secs(6));
+    assert!(status.success());
+}
+
+#[test]
+fn invalid_config_is_one_line_naming_the_key_and_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[node]\nid = \"n\"\n[[camera]]\nid = \"a\"\nuri = \"test:ball\"\n[[camera]]\nid = \"b\"\nuri = \"htp://cam/live\"\n",
+    )
+    .unwrap();
+    for command in ["run", "check"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_affectd"))
+            .args([command, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(
+            stderr,
+            "error: camera[1].uri: scheme \"htp\" is not one of rtsp, rtsps, file, v4l2, test\n"
+        );
+    }
+}
+
+fn schema(name: &str) -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("schemas")
+        .join(name);
+    let value: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&value)
+        .unwrap()
+}
+
+/// `configs/demo.toml` as shipped, pointed at this test's broker.
+fn demo_config(broker: &Mosquitto) -> String {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(Path::new(repo).join("configs/demo.toml")).unwrap();
+    let text = text
+        .replace("\"../", &format!("\"{repo}/"))
+        .replace("file:../", &format!("file:{repo}/"))
+        .replace("port = 1883", &format!("port = {}", broker.port()));
+    assert!(
+        !text.contains("../"),
+        "demo.toml has a relative path this test misses"
+    );
+    text
+}
+
+#[test]
+fn demo_publishes_schema_valid_person_messages_for_the_people_walking() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::new(&broker, "affectd/#");
+    let mut daemon = Daemon::start(&demo_config(&broker));
+    let person = schema("person.v1.schema.json");
+    let track = schema("track.v1.schema.json");
+
+    // The untrained ViT-B/32 loads in seconds; a window needs 8 encoded samples of a person.
+    // On 2 busy cores the encoder gets a few person-frames/s: allow it time.
+    let wanted = 4;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let people = || -> Vec<Msg> {
+        sub.messages()
+            .into_iter()
+            .filter(|m| m.topic.starts_with("affectd/demo/walkway/person/"))
+            .collect()
+    };
+    while people().len() < wanted && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (status, _) = daemon.terminate(Duration::from_secs(6));
+    assert!(status.success(), "{}", daemon.log());
+    let messages = people();
+    assert!(
+        messages.len() >= wanted,
+        "{} person messages:\n{}",
+        messages.len(),
+        daemon.log()
+    );
+
+    let events: Vec<Value> = sub
+        .messages()
+        .iter()
+        .filter(|m| m.topic == "affectd/demo/walkway/tracks")
+        .map(json)
+        .collect();
+    for e in &events {
+        assert!(track.is_valid(e), "{e}: {:?}", track.validate(e).err());
+    }
+    let begun: Vec<u64> = events
+        .iter()
+        .filter(|e| e["event"] == "begin")
+        .filter_map(|e| e["track_id"].as_u64())
+        .collect();
+    assert!(
+        begun.len() >= 2,
+        "people walking give several tracks: {begun:?}"
+    );
+
+    let mut per_track: std::collections::BTreeMap<u64, Vec<Value>> = Default::default();
+    for m in &messages {
+        let v = json(m);
+        assert!(person.is_valid(&v), "{v}: {:?}", person.validate(&v).err());
+        let id = v["track_id"].as_u64().unwrap();
+        assert_eq!(m.topic, format!("affectd/demo/walkway/person/{id}"));
+        assert!(begun.contains(&id), "person {id} has no begin event");
+        assert_eq!(v["model"]["weights"], "untrained");
+        assert_eq!(v["window"]["frames"], 8);
+        let sum: f64 = v["scores"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|s| s.as_f64().unwrap())
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-3, "scores sum to {sum}");
+        assert_eq!(v["scores"].as_object().unwrap().len(), 11);
+        let latency = v["latency_ms"].as_f64().unwrap();
+        assert!(latency > 0.0 && latency < 60_000.0, "latency {latency} ms");
+        per_track.entry(id).or_default().push(v);
+    }
+    // Rate: a track publishes at most once per `update_every` (2) samples, taken every
+    // `stride` (3) frames at 8 FPS: consecutive windows of a track end >= 0.75 s apart.
+    for (id, msgs) in &per_track {
+        let mut ends: Vec<chrono::DateTime<chrono::FixedOffset>> = msgs
+            .iter()
+            .map(|v| {
+                chrono::DateTime::parse_from_rfc3339(v["window"]["end"].as_str().unwrap()).unwrap()
+            })
+            .collect();
+        ends.sort();
+        for pair in ends.windows(2) {
+            let gap = (pair[1] - pair[0]).num_milliseconds();
+            assert!(gap >= 700, "track {id}: windows {gap} ms apart");
+        }
+    }
+}
