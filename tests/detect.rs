@@ -12,6 +12,7 @@ use affectd::detect::input::{FileFrames, read_image};
 use affectd::detect::{DetectConfig, Detector, Provider};
 use affectd::track::{TrackConfig, Tracker};
 use affectd::types::{Detection, Frame};
+use affectd::window::{WindowConfig, Windows};
 
 fn config() -> DetectConfig {
     DetectConfig {
@@ -28,25 +29,23 @@ fn detector() -> &'static Mutex<Detector> {
     D.get_or_init(|| Mutex::new(Detector::new(&config()).expect("detector opens")))
 }
 
-/// The first `seconds` of vtest (10 fps) with their detections.
-fn vtest(seconds: u64) -> Vec<(Frame, Vec<Detection>)> {
-    static CACHE: OnceLock<Vec<(Frame, Vec<Detection>)>> = OnceLock::new();
-    let all = CACHE.get_or_init(|| {
-        let mut det = detector().lock().unwrap();
-        FileFrames::open(Path::new("tests/fixtures/vtest.mp4"), "vtest")
-            .unwrap()
-            .take(200)
-            .map(|f| {
-                let f = f.unwrap();
-                let d = det.run(&[&f]).unwrap().pop().unwrap();
-                (f, d)
-            })
-            .collect()
-    });
-    all.iter()
-        .filter(|(f, _)| f.seq < seconds * 10)
-        .cloned()
+/// The first `seconds` of vtest (10 fps).
+fn vtest(seconds: usize) -> Vec<Frame> {
+    FileFrames::open(Path::new("tests/fixtures/vtest.mp4"), "vtest")
+        .unwrap()
+        .take(seconds * 10)
+        .map(|f| f.unwrap())
         .collect()
+}
+
+fn detect(frame: &Frame) -> Vec<Detection> {
+    detector()
+        .lock()
+        .unwrap()
+        .run(&[frame])
+        .unwrap()
+        .pop()
+        .unwrap()
 }
 
 fn inside(d: &Detection, f: &Frame) -> bool {
@@ -63,16 +62,16 @@ fn inside(d: &Detection, f: &Frame) -> bool {
 fn nanodet_finds_the_walkers_in_vtest() {
     let frames = vtest(20);
     assert_eq!(frames.len(), 200, "20 s at 10 fps");
-    for (f, dets) in &frames {
+    // Twice a second over the first 20 s (2 to 8 people walk at any time).
+    for f in frames.iter().step_by(5) {
         assert_eq!((f.width, f.height), (768, 576));
-        for d in dets {
+        let dets = detect(f);
+        for d in &dets {
             assert!(inside(d, f), "frame {}: {d:?} outside", f.seq);
             assert!(d.score >= 0.25 && d.score <= 1.0, "{d:?}");
         }
-    }
-    // Every second, at least two clearly visible walkers (score > 0.5), upright boxes of
-    // plausible pedestrian size for this camera.
-    for (f, dets) in frames.iter().step_by(10) {
+        // At least two clearly visible walkers (score > 0.5): upright boxes of plausible
+        // pedestrian size for this camera.
         let walkers: Vec<_> = dets
             .iter()
             .filter(|d| d.score > 0.5)
@@ -126,10 +125,10 @@ fn probe_verifies_checksum_and_output_shapes() {
 
 #[test]
 fn a_batch_gives_the_same_persons_as_single_frames() {
-    let frames = vtest(20);
+    let frames = vtest(16);
     let (a, b) = (&frames[50], &frames[150]);
-    let both = detector().lock().unwrap().run(&[&a.0, &b.0]).unwrap();
-    assert_eq!(both, vec![a.1.clone(), b.1.clone()]);
+    let both = detector().lock().unwrap().run(&[a, b]).unwrap();
+    assert_eq!(both, vec![detect(a), detect(b)]);
 }
 
 #[test]
@@ -139,9 +138,10 @@ fn tracking_the_first_20_s_of_vtest_keeps_ids_stable() {
     // id -> (first frame, last frame)
     let mut spans: HashMap<u64, (u64, u64)> = HashMap::new();
     let mut most_visible = 0;
-    for (f, dets) in &frames {
+    for f in &frames {
+        let dets = detect(f);
         most_visible = most_visible.max(dets.iter().filter(|d| d.score > 0.5).count());
-        for t in tracker.update(dets).active {
+        for t in tracker.update(&dets, f.wall).active {
             let s = spans.entry(t.id).or_insert((f.seq, f.seq));
             s.1 = f.seq;
         }
@@ -155,4 +155,34 @@ fn tracking_the_first_20_s_of_vtest_keeps_ids_stable() {
         "{ids} ids for {most_visible} people at once"
     );
     assert!(2 * long > ids, "{long} of {ids} tracks last over a second");
+}
+
+#[test]
+fn walkers_get_8_frame_windows_of_shared_frames() {
+    let frames = vtest(4);
+    let mut tracker = Tracker::new(TrackConfig::default());
+    let mut windows: Windows = Windows::new(WindowConfig::default());
+    let mut full = Vec::new();
+    for f in &frames {
+        let dets = detect(f);
+        let update = tracker.update(&dets, f.wall);
+        for id in windows.update(f, &update, &dets) {
+            if windows.is_full(id) && !full.contains(&id) {
+                full.push(id);
+            }
+        }
+    }
+    // Walkers confirmed at frame 3 have 8 entries by frame 10; every entry's box lies in its
+    // frame, and the frames are the decoded ones, shared rather than copied.
+    assert!(full.len() >= 2, "{full:?}");
+    let entries: Vec<_> = windows.entries(full[0]).unwrap().collect();
+    assert_eq!(entries.len(), 8);
+    assert!(entries.windows(2).all(|w| w[0].seq < w[1].seq));
+    for e in entries {
+        assert!(e.bbox.x2 <= 768.0 && e.bbox.y2 <= 576.0 && e.bbox.area() > 0.0);
+        assert!(std::sync::Arc::ptr_eq(
+            &e.frame.rgb,
+            &frames[e.seq as usize].rgb
+        ));
+    }
 }

@@ -66,7 +66,7 @@ pub fn run(args: &DetectArgs) -> Result<(), Error> {
         let dets = detector.run(&[&frame])?.pop().unwrap_or_default();
         let mut ids = vec![None; dets.len()];
         if let Some(t) = tracker.as_mut() {
-            for track in t.update(&dets).active {
+            for track in t.update(&dets, frame.wall).active {
                 if let Some(i) = track.detection {
                     ids[i] = Some(track.id);
                 }

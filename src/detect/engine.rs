@@ -66,13 +66,28 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
     found.pop().map(|(_, _, p)| p)
 }
 
-/// Picks the library: config, then `ORT_DYLIB_PATH`, then the search list.
+/// Picks the library: config, then `ORT_DYLIB_PATH`, then the search list. A named file must
+/// exist; the error says who named it.
 pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, Error> {
-    if let Some(p) = configured {
-        return Ok(p.to_owned());
-    }
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
+    let named = configured
+        .map(|p| ("[detect] ort_library", p.to_owned()))
+        .or_else(|| {
+            std::env::var_os("ORT_DYLIB_PATH")
+                .filter(|p| !p.is_empty())
+                .map(|p| ("ORT_DYLIB_PATH", PathBuf::from(p)))
+        });
+    if let Some((who, path)) = named {
+        if !path.is_file() {
+            return Err(Error::Library {
+                problem: format!(
+                    "{who} names {}, which does not exist; install ONNX Runtime 1.{ORT_MINOR} \
+                     or newer (pip install onnxruntime==1.{ORT_MINOR}.1) and point it at \
+                     onnxruntime/capi/libonnxruntime.so.1.{ORT_MINOR}.*",
+                    path.display()
+                ),
+            });
+        }
+        return Ok(path);
     }
     let dirs = library_search_list();
     dirs.iter()
@@ -105,11 +120,6 @@ fn environment(configured: Option<&Path>) -> Result<ort::environment::Environmen
         return Ok(env.clone());
     }
     let path = find_library(configured)?;
-    if !path.exists() {
-        return Err(Error::Library {
-            problem: format!("{} does not exist", path.display()),
-        });
-    }
     let env = ort::init_from(&path)
         .map_err(|e| Error::Library {
             problem: e.to_string(),
@@ -433,6 +443,26 @@ impl Detector {
         Ok(())
     }
 
+    /// Runs the model on `batch` frames that are already letterboxed and normalised (CHW,
+    /// [`Detector::input_len`] floats each) and discards the outputs: for benchmarks that
+    /// compare the inference itself with other runtimes.
+    pub fn infer(&mut self, input: &[f32], batch: usize) -> Result<(), Error> {
+        let shape = [
+            batch,
+            3,
+            self.manifest.input_height as usize,
+            self.manifest.input_width as usize,
+        ];
+        let tensor = TensorRef::from_array_view((shape, input))?;
+        self.session.run(ort::inputs![tensor])?;
+        Ok(())
+    }
+
+    /// Floats of one letterboxed frame in the input tensor.
+    pub fn input_len(&self) -> usize {
+        self.pre.plane_len()
+    }
+
     /// Verifies the model file's sha256 against the manifest, opens the session, runs one
     /// blank frame and checks that the outputs have the manifest's shapes.
     pub fn probe(cfg: &DetectConfig) -> Result<ProbeReport, Error> {
@@ -590,4 +620,94 @@ pub fn decode_image(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nanodet_manifest() -> Manifest {
+        toml::from_str(
+            r#"
+            model = "m.onnx"
+            sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+            layout = "nanodet"
+            input_width = 16
+            input_height = 16
+            channel_order = "bgr"
+            mean = [0, 0, 0]
+            std = [1, 1, 1]
+            num_classes = 2
+            person_class = 0
+            strides = [8]
+            reg_bins = 2
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_batched_output_is_split_per_image() {
+        let m = nanodet_manifest();
+        let p = DecodeParams {
+            num_classes: 2,
+            person_class: 0,
+            threshold: 0.5,
+        };
+        // Batch of 2, 2x2 grid, 2 classes; image 0 has a person in cell 0, image 1 in cell 3.
+        let mut cls = vec![0.0f32; 2 * 4 * 2];
+        cls[0] = 0.9;
+        cls[8 + 3 * 2] = 0.8;
+        // All distances one bin (= 8 px) with sharp logits.
+        let reg: Vec<f32> = (0..2 * 4 * 8)
+            .map(|i| if i % 2 == 1 { 30.0 } else { -30.0 })
+            .collect();
+        let outputs: [(&[i64], &[f32]); 2] = [(&[2, 4, 8], &reg), (&[2, 4, 2], &cls)];
+        let mut a = Vec::new();
+        decode_image(&m, &p, &outputs, 0, 2, &mut a).unwrap();
+        let mut b = Vec::new();
+        decode_image(&m, &p, &outputs, 1, 2, &mut b).unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!(b.len(), 1);
+        assert!((a[0].bbox.x1 - -4.0).abs() < 1e-3 && (a[0].bbox.x2 - 12.0).abs() < 1e-3);
+        assert!((b[0].bbox.x1 - 4.0).abs() < 1e-3 && (b[0].bbox.y2 - 20.0).abs() < 1e-3);
+        assert_eq!((a[0].score, b[0].score), (0.9, 0.8));
+    }
+
+    #[test]
+    fn missing_levels_are_a_shape_error() {
+        let m = nanodet_manifest();
+        let p = DecodeParams {
+            num_classes: 2,
+            person_class: 0,
+            threshold: 0.5,
+        };
+        let cls = vec![0.0f32; 8];
+        let outputs: [(&[i64], &[f32]); 1] = [(&[1, 4, 2], &cls)];
+        let e = decode_image(&m, &p, &outputs, 0, 1, &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("stride 8"), "{e}");
+    }
+
+    #[test]
+    fn the_library_is_found_by_version_in_a_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "libonnxruntime.so.1.22.0",
+            "libonnxruntime.so.1.31.1",
+            "other.so",
+        ] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let found = library_in(dir.path()).unwrap();
+        assert!(found.ends_with("libonnxruntime.so.1.31.1"), "{found:?}");
+        assert!(library_in(&dir.path().join("missing")).is_none());
+        let lib = dir.path().join("libonnxruntime.so.1.31.1");
+        assert_eq!(find_library(Some(&lib)).unwrap(), lib);
+        let e = find_library(Some(Path::new("/x/lib.so"))).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("ONNX Runtime library: [detect] ort_library names /x/lib.so, which"),
+            "{e}"
+        );
+    }
 }

@@ -133,7 +133,7 @@ impl Worker {
                 windows: Windows::new(window.clone()),
                 seen: HashMap::new(),
             });
-        let update = state.tracker.update(dets);
+        let update = state.tracker.update(dets, frame.wall);
         let size = (frame.width, frame.height);
         for t in &update.active {
             let seen = state.seen.entry(t.id).or_insert(Seen {
@@ -152,9 +152,9 @@ impl Worker {
                 events.push((*id, TrackEventKind::Begin, seen.clone()));
             }
         }
-        for id in &update.ended {
-            if let Some(seen) = state.seen.remove(id) {
-                events.push((*id, TrackEventKind::End, seen));
+        for ended in &update.ended {
+            if let Some(seen) = state.seen.remove(&ended.id) {
+                events.push((ended.id, TrackEventKind::End, seen));
             }
         }
         let sampled = state.windows.update(frame, &update, dets);
@@ -190,7 +190,7 @@ impl Worker {
             let ended = state.tracker.finish();
             let seen: Vec<(TrackId, Seen)> = ended
                 .into_iter()
-                .filter_map(|id| state.seen.remove(&id).map(|s| (id, s)))
+                .filter_map(|e| state.seen.remove(&e.id).map(|s| (e.id, s)))
                 .collect();
             for (id, s) in seen {
                 self.publish_event(&camera, id, TrackEventKind::End, &s);

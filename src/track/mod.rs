@@ -15,4 +15,4 @@ mod tracker;
 pub use assign::{FORBIDDEN, assign};
 pub use config::TrackConfig;
 pub use kalman::Kalman;
-pub use tracker::{Track, TrackId, TrackUpdate, Tracker};
+pub use tracker::{EndedTrack, Track, TrackId, TrackUpdate, Tracker};

@@ -1,5 +1,7 @@
 //! The tracker: lifecycle tentative -> confirmed -> lost -> removed.
 
+use std::time::SystemTime;
+
 use crate::types::{BBox, Detection};
 
 use super::assign::{FORBIDDEN, assign};
@@ -21,6 +23,19 @@ pub struct Track {
     pub score: f32,
     /// Frames since the track was created.
     pub age: u32,
+    /// When the track's first detection was seen.
+    pub first_seen: SystemTime,
+}
+
+/// A track that ended: what a track-end event reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndedTrack {
+    pub id: TrackId,
+    /// The last matched detection's box.
+    pub bbox: BBox,
+    pub first_seen: SystemTime,
+    /// When it was last matched to a detection.
+    pub last_seen: SystemTime,
 }
 
 /// What one frame changed.
@@ -31,7 +46,7 @@ pub struct TrackUpdate {
     /// Tracks confirmed in this frame.
     pub started: Vec<TrackId>,
     /// Tracks that ended in this frame (unseen for longer than `lost_frames`).
-    pub ended: Vec<TrackId>,
+    pub ended: Vec<EndedTrack>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +66,20 @@ struct Entry {
     age: u32,
     score: f32,
     detection: Option<usize>,
+    last_box: BBox,
+    first_seen: SystemTime,
+    last_seen: SystemTime,
+}
+
+impl Entry {
+    fn ended(&self) -> Option<EndedTrack> {
+        Some(EndedTrack {
+            id: self.id?,
+            bbox: self.last_box,
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+        })
+    }
 }
 
 /// ByteTrack-style tracker for one camera.
@@ -81,14 +110,14 @@ impl Tracker {
         self.tracks.is_empty()
     }
 
-    /// Ends every track (end of stream); returns the ids of the confirmed ones.
-    pub fn finish(&mut self) -> Vec<TrackId> {
-        self.tracks.drain(..).filter_map(|t| t.id).collect()
+    /// Ends every track (end of stream); returns the confirmed ones.
+    pub fn finish(&mut self) -> Vec<EndedTrack> {
+        self.tracks.drain(..).filter_map(|t| t.ended()).collect()
     }
 
-    /// Advances one frame with its detections (frame pixels). Detections with non-finite
-    /// values are ignored.
-    pub fn update(&mut self, dets: &[Detection]) -> TrackUpdate {
+    /// Advances one frame with its detections (frame pixels) seen at `at` (the frame's wall
+    /// time). Detections with non-finite values or empty boxes are ignored.
+    pub fn update(&mut self, dets: &[Detection], at: SystemTime) -> TrackUpdate {
         let mut out = TrackUpdate::default();
         for t in &mut self.tracks {
             if t.state == State::Lost {
@@ -143,6 +172,7 @@ impl Tracker {
             if t.detection.is_some() {
                 t.hits += 1;
                 t.missed = 0;
+                t.last_seen = at;
                 if t.state == State::Lost || (t.state == State::Tentative && t.hits >= confirm) {
                     if t.id.is_none() {
                         t.id = Some(next_id);
@@ -159,7 +189,7 @@ impl Tracker {
                 State::Confirmed | State::Lost => {
                     t.state = State::Lost;
                     if t.missed > lost_frames {
-                        out.ended.extend(t.id);
+                        out.ended.extend(t.ended());
                         false
                     } else {
                         true
@@ -187,6 +217,9 @@ impl Tracker {
                 age: 0,
                 score: d.score,
                 detection: Some(i),
+                last_box: d.bbox,
+                first_seen: at,
+                last_seen: at,
             };
             if confirm <= 1 {
                 t.id = Some(self.next_id);
@@ -208,6 +241,7 @@ impl Tracker {
                     detection: t.detection,
                     score: t.score,
                     age: t.age,
+                    first_seen: t.first_seen,
                 })
             })
             .collect();
@@ -247,6 +281,7 @@ impl Tracker {
                 t.kf.update(&d.bbox);
                 t.detection = Some(cands[j]);
                 t.score = d.score;
+                t.last_box = d.bbox;
                 taken[j] = true;
             }
         }
@@ -262,6 +297,10 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
+
+    const T0: SystemTime = SystemTime::UNIX_EPOCH;
 
     fn person(x: f32, y: f32, score: f32) -> Detection {
         Detection {
@@ -284,14 +323,14 @@ mod tests {
     fn tentative_tracks_need_confirm_frames_and_a_blip_gets_no_id() {
         let mut t = Tracker::new(TrackConfig::default());
         let blip = [person(500.0, 0.0, 0.9)];
-        assert!(t.update(&blip).active.is_empty());
-        assert!(t.update(&[]).active.is_empty());
+        assert!(t.update(&blip, T0).active.is_empty());
+        assert!(t.update(&[], T0).active.is_empty());
         assert!(t.is_empty(), "an unconfirmed track dies on its first miss");
         for f in 0..3 {
-            let u = t.update(&[person(10.0 * f as f32, 0.0, 0.9)]);
+            let u = t.update(&[person(10.0 * f as f32, 0.0, 0.9)], T0);
             assert_eq!(u.active.len(), usize::from(f == 2), "frame {f}");
         }
-        let u = t.update(&[person(30.0, 0.0, 0.9)]);
+        let u = t.update(&[person(30.0, 0.0, 0.9)], T0);
         assert_eq!(u.active[0].id, 1, "ids start at 1 and the blip used none");
     }
 
@@ -308,7 +347,7 @@ mod tests {
             } else {
                 vec![person(xa, 50.0, 0.9), person(xb, 52.0, 0.8)]
             };
-            let u = t.update(&dets);
+            let u = t.update(&dets, T0);
             if dets.len() == 2 && u.active.len() == 2 {
                 let by_x = ids_by_x(&u, &dets);
                 // Before crossing A is on the left; after, on the right.
@@ -338,7 +377,7 @@ mod tests {
             } else {
                 vec![person(x, 100.0, 0.85)]
             };
-            let u = t.update(&dets);
+            let u = t.update(&dets, T0);
             assert!(u.ended.is_empty(), "frame {f}");
             if let Some(tr) = u.active.first() {
                 assert_eq!(*id.get_or_insert(tr.id), tr.id, "frame {f}");
@@ -364,7 +403,7 @@ mod tests {
             } else {
                 vec![person(100.0, 100.0, 0.9)]
             };
-            let u = t.update(&dets);
+            let u = t.update(&dets, T0 + Duration::from_secs(f));
             ended.extend(u.ended);
             for tr in u.active {
                 if seen.last() != Some(&tr.id) {
@@ -373,19 +412,31 @@ mod tests {
             }
         }
         assert_eq!(seen, vec![1, 2]);
-        assert_eq!(ended, vec![1]);
-        assert_eq!(t.finish(), vec![2]);
+        // The end event carries the last box and the times the person was first and last seen.
+        assert_eq!(
+            ended,
+            vec![EndedTrack {
+                id: 1,
+                bbox: person(100.0, 100.0, 0.9).bbox,
+                first_seen: T0,
+                last_seen: T0 + Duration::from_secs(9),
+            }]
+        );
+        assert_eq!(t.finish().iter().map(|e| e.id).collect::<Vec<_>>(), vec![2]);
     }
 
     #[test]
     fn low_score_detections_keep_tracks_alive_but_start_none() {
         let mut t = Tracker::new(TrackConfig::default());
         for f in 0..5 {
-            t.update(&[person(2.0 * f as f32, 0.0, 0.9)]);
+            t.update(&[person(2.0 * f as f32, 0.0, 0.9)], T0);
         }
         // The person is partly occluded: score drops to 0.3 (second-stage match).
         for f in 5..40 {
-            let u = t.update(&[person(2.0 * f as f32, 0.0, 0.3), person(600.0, 0.0, 0.3)]);
+            let u = t.update(
+                &[person(2.0 * f as f32, 0.0, 0.3), person(600.0, 0.0, 0.3)],
+                T0,
+            );
             assert_eq!(u.active.len(), 1, "frame {f}");
             assert_eq!(u.active[0].id, 1);
             assert_eq!(u.active[0].detection, Some(0));
@@ -408,7 +459,7 @@ mod tests {
             person(0.0, 0.0, f32::INFINITY),
         ];
         for _ in 0..5 {
-            assert!(t.update(&bad).active.is_empty());
+            assert!(t.update(&bad, T0).active.is_empty());
         }
         assert!(t.is_empty());
     }
@@ -422,7 +473,7 @@ mod tests {
         let mut t = Tracker::new(cfg);
         let dets: Vec<_> = (0..10).map(|i| person(60.0 * i as f32, 0.0, 0.9)).collect();
         for _ in 0..5 {
-            t.update(&dets);
+            t.update(&dets, T0);
         }
         assert_eq!(t.len(), 3);
     }

@@ -67,8 +67,8 @@ impl<F> Windows<F> {
         tracks: &TrackUpdate,
         dets: &[Detection],
     ) -> Vec<TrackId> {
-        for id in &tracks.ended {
-            self.rings.remove(id);
+        for ended in &tracks.ended {
+            self.rings.remove(&ended.id);
         }
         let mut sampled = Vec::new();
         for t in &tracks.active {
@@ -157,7 +157,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::track::Track;
+    use crate::track::{EndedTrack, Track};
 
     fn frame(seq: u64) -> Frame {
         Frame {
@@ -178,6 +178,7 @@ mod tests {
             detection: Some(0),
             score: 0.9,
             age,
+            first_seen: SystemTime::UNIX_EPOCH,
         }
     }
 
@@ -236,7 +237,12 @@ mod tests {
         }
         assert!(w.entries(1).unwrap().all(|e| e.features.is_some()));
         let up = TrackUpdate {
-            ended: vec![1],
+            ended: vec![EndedTrack {
+                id: 1,
+                bbox: BBox::default(),
+                first_seen: SystemTime::UNIX_EPOCH,
+                last_seen: SystemTime::UNIX_EPOCH,
+            }],
             ..Default::default()
         };
         w.update(&frame(10), &up, &[]);
