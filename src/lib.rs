@@ -1,9 +1,11 @@
 //! affectd: per-person emotion and valence/arousal from camera streams, published over MQTT.
 //!
-//! The modules are the pipeline's stages, in data-flow order.
+//! The stages, in data-flow order: ingest -> detect -> track -> window -> model -> publish;
+//! `service` runs them, `config` and `types` are shared, `digest` names files by content.
 
 pub mod config;
 pub mod detect;
+pub mod digest;
 pub mod ingest;
 pub mod model;
 pub mod publish;

@@ -141,5 +141,6 @@ const fn default_true() -> bool {
     true
 }
 fn default_trt_cache_dir() -> PathBuf {
-    PathBuf::from("trt-cache")
+    // systemd's CacheDirectory=affectd; /etc (the config's folder) is read-only there.
+    PathBuf::from("/var/cache/affectd/trt")
 }

@@ -7,7 +7,6 @@ use std::sync::{Mutex, OnceLock};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
-use sha2::{Digest, Sha256};
 
 use crate::types::{Detection, Frame};
 
@@ -253,18 +252,7 @@ fn execution_provider(
 
 /// Hex sha256 of a file.
 pub fn sha256_file(path: &Path) -> Result<String, Error> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    crate::digest::sha256_file(path).map_err(|e| Error::io(path, e))
 }
 
 /// What `affectd check` learns about the engine.

@@ -6,8 +6,6 @@
 //! forward; the read-out and the per-track EMA turn embeddings into messages.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -16,7 +14,6 @@ use std::time::{Duration, SystemTime};
 use candle_core::{DType, Device};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use crossbeam_queue::ArrayQueue;
-use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use super::live::{LiveEncoder, PersonSample, TrackKey, WindowUpdate};
@@ -62,7 +59,10 @@ pub fn load(cfg: &ModelConfig, readout: &ReadoutConfig) -> Result<LoadedModel, E
     };
     let (model, digest) = match cfg.weights_to_load() {
         Some(path) => {
-            let digest = sha256_file(path)?;
+            let digest = crate::digest::sha256_file(path).map_err(|source| Error::Io {
+                path: path.to_owned(),
+                source,
+            })?;
             info!(weights = %path.display(), sha256 = %digest, "loading EmotionCLIP weights");
             (EmotionClip::load(path, &arch, &device)?, Some(digest))
         }
@@ -98,24 +98,6 @@ pub fn load(cfg: &ModelConfig, readout: &ReadoutConfig) -> Result<LoadedModel, E
         readout,
         id,
     })
-}
-
-fn sha256_file(path: &Path) -> Result<String, Error> {
-    let io = |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Where the stage publishes and how.

@@ -18,7 +18,7 @@ use crate::detect::Detector;
 use crate::ingest::FrameHub;
 use crate::model::{EncoderSender, PersonSample};
 use crate::publish::{Publisher, TRACK_SCHEMA, TrackEvent, TrackEventKind, normalised_box};
-use crate::track::{TrackConfig, TrackId, TrackUpdate, Tracker};
+use crate::track::{EndedTrack, TrackConfig, TrackId, TrackUpdate, Tracker};
 use crate::types::{BBox, CameraId, Detection, Frame, rfc3339};
 use crate::window::{WindowConfig, Windows};
 
@@ -73,19 +73,30 @@ impl Analytics {
     }
 }
 
-/// A track's lifetime as the events report it.
-#[derive(Clone)]
-struct Seen {
-    first: SystemTime,
-    last: SystemTime,
+/// What a track event says about a track.
+struct Span {
+    id: TrackId,
     bbox: BBox,
-    size: (u32, u32),
+    first_seen: SystemTime,
+    last_seen: SystemTime,
+}
+
+impl From<&EndedTrack> for Span {
+    fn from(t: &EndedTrack) -> Self {
+        Span {
+            id: t.id,
+            bbox: t.bbox,
+            first_seen: t.first_seen,
+            last_seen: t.last_seen,
+        }
+    }
 }
 
 struct CameraState {
     tracker: Tracker,
     windows: Windows,
-    seen: HashMap<TrackId, Seen>,
+    /// The camera's frame size, for normalising boxes.
+    size: (u32, u32),
 }
 
 struct Worker {
@@ -131,84 +142,81 @@ impl Worker {
             .or_insert_with(|| CameraState {
                 tracker: Tracker::new(track.clone()),
                 windows: Windows::new(window.clone()),
-                seen: HashMap::new(),
+                size: (frame.width, frame.height),
             });
+        state.size = (frame.width, frame.height);
         let update = state.tracker.update(dets, frame.wall);
-        let size = (frame.width, frame.height);
-        for t in &update.active {
-            let seen = state.seen.entry(t.id).or_insert(Seen {
-                first: frame.wall,
-                last: frame.wall,
+        let sampled = state.windows.update(frame, &update, dets);
+        let size = state.size;
+
+        for t in update
+            .active
+            .iter()
+            .filter(|t| update.started.contains(&t.id))
+        {
+            let span = Span {
+                id: t.id,
                 bbox: t.bbox,
-                size,
-            });
-            seen.last = frame.wall;
-            seen.bbox = t.bbox;
-            seen.size = size;
-        }
-        let mut events = Vec::new();
-        for id in &update.started {
-            if let Some(seen) = state.seen.get(id) {
-                events.push((*id, TrackEventKind::Begin, seen.clone()));
-            }
+                first_seen: t.first_seen,
+                last_seen: frame.wall,
+            };
+            self.publish_event(&frame.camera, TrackEventKind::Begin, &span, size);
         }
         for ended in &update.ended {
-            if let Some(seen) = state.seen.remove(&ended.id) {
-                events.push((ended.id, TrackEventKind::End, seen));
-            }
-        }
-        let sampled = state.windows.update(frame, &update, dets);
-        let samples: Vec<PersonSample> = sampled
-            .iter()
-            .filter_map(|id| sample_box(&update, dets, *id).map(|bbox| (id, bbox)))
-            .map(|(id, bbox)| PersonSample {
-                frame: frame.clone(),
-                track_id: *id,
-                bbox,
-            })
-            .collect();
-        for (id, kind, seen) in events {
-            self.publish_event(&frame.camera, id, kind, &seen);
-            if kind == TrackEventKind::End
-                && let Some(encoder) = &self.pipeline.encoder
-            {
-                encoder.track_ended((frame.camera.clone(), id));
+            self.publish_event(&frame.camera, TrackEventKind::End, &ended.into(), size);
+            if let Some(encoder) = &self.pipeline.encoder {
+                encoder.track_ended((frame.camera.clone(), ended.id));
             }
         }
         if let Some(encoder) = &self.pipeline.encoder {
-            samples.into_iter().for_each(|s| encoder.sample(s));
+            for id in sampled {
+                if let Some(bbox) = sample_box(&update, dets, id) {
+                    encoder.sample(PersonSample {
+                        frame: frame.clone(),
+                        track_id: id,
+                        bbox,
+                    });
+                }
+            }
         }
     }
 
     /// Ends every open track (shutdown): their `end` events go out before MQTT is flushed.
     fn finish(&mut self) {
-        let cameras: Vec<CameraId> = self.cameras.keys().cloned().collect();
-        for camera in cameras {
-            let Some(state) = self.cameras.get_mut(&camera) else {
-                continue;
-            };
-            let ended = state.tracker.finish();
-            let seen: Vec<(TrackId, Seen)> = ended
-                .into_iter()
-                .filter_map(|e| state.seen.remove(&e.id).map(|s| (e.id, s)))
-                .collect();
-            for (id, s) in seen {
-                self.publish_event(&camera, id, TrackEventKind::End, &s);
-            }
+        let ended: Vec<(CameraId, EndedTrack, (u32, u32))> = self
+            .cameras
+            .iter_mut()
+            .flat_map(|(camera, state)| {
+                let size = state.size;
+                state
+                    .tracker
+                    .finish()
+                    .into_iter()
+                    .map(move |t| (camera.clone(), t, size))
+            })
+            .collect();
+        for (camera, track, size) in ended {
+            self.publish_event(&camera, TrackEventKind::End, &(&track).into(), size);
         }
     }
 
-    fn publish_event(&self, camera: &CameraId, id: TrackId, kind: TrackEventKind, seen: &Seen) {
+    fn publish_event(
+        &self,
+        camera: &CameraId,
+        kind: TrackEventKind,
+        span: &Span,
+        size: (u32, u32),
+    ) {
         let event = TrackEvent {
             schema: TRACK_SCHEMA,
             node: self.pipeline.node.clone(),
             camera: camera.to_string(),
-            track_id: id,
+            track_id: span.id,
             event: kind,
             time: rfc3339(SystemTime::now()),
-            first_seen: rfc3339(seen.first),
-            last_seen: rfc3339(seen.last),
-            bbox: normalised_box(&seen.bbox, seen.size.0, seen.size.1),
+            first_seen: rfc3339(span.first_seen),
+            last_seen: rfc3339(span.last_seen),
+            bbox: normalised_box(&span.bbox, size.0, size.1),
         };
         let publisher = &self.pipeline.publisher;
         let topic = publisher.topics().under(&format!("{camera}/tracks"));
