@@ -161,8 +161,8 @@ fn rtsp_outage_recovers_without_restart_while_another_camera_keeps_streaming() {
         "[[camera]]\nid = \"door\"\nuri = \"{}\"\n\n[[camera]]\nid = \"lab\"\nuri = \"test:ball\"\n",
         server.url()
     );
-    let extra = "[ingest]\nstall_timeout_s = 2.0\nbackoff_initial_s = 0.5\nbackoff_max_s = 2.0\n";
-    let mut daemon = Daemon::start(&config(&broker, &cameras, extra));
+    // The shipped ingest defaults (stall 10 s, backoff 0.5 s doubling to 5 s).
+    let mut daemon = Daemon::start(&config(&broker, &cameras, ""));
     let pid = daemon.child.id();
 
     assert!(
@@ -188,7 +188,8 @@ fn rtsp_outage_recovers_without_restart_while_another_camera_keeps_streaming() {
         "door never went reconnecting:\n{}",
         daemon.log()
     );
-    std::thread::sleep(Duration::from_secs(6).saturating_sub(down.elapsed()));
+    // A 10 s outage, as a camera rebooting.
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(down.elapsed()));
     let outage = sub.mark();
     server.restart();
     let back = Instant::now();

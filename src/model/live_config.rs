@@ -52,6 +52,30 @@ pub struct ModelConfig {
     /// `cpu`, or `cuda` (needs the `cuda` cargo feature).
     #[serde(default)]
     pub device: ModelDevice,
+    /// Parameter and activation precision: `f32`, or `f16` / `bf16` on `cuda` (faster, not
+    /// covered by the parity tolerances).
+    #[serde(default)]
+    pub dtype: ModelDtype,
+}
+
+/// `[model] dtype`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelDtype {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl ModelDtype {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Self::F32 => candle_core::DType::F32,
+            Self::F16 => candle_core::DType::F16,
+            Self::Bf16 => candle_core::DType::BF16,
+        }
+    }
 }
 
 /// `[model] crop`
@@ -111,6 +135,12 @@ impl ModelConfig {
         check_range(&format!("{key}.update_every"), self.update_every, 1, 64)?;
         check_range(&format!("{key}.max_batch"), self.max_batch, 1, 256)?;
         check_range(&format!("{key}.queue"), self.queue, 1, 4096)?;
+        if self.dtype != ModelDtype::F32 && self.device != ModelDevice::Cuda {
+            return Err(ConfigError::invalid(
+                format!("{key}.dtype"),
+                "f16 and bf16 run on device = \"cuda\" only; the CPU path is f32",
+            ));
+        }
         if self.device == ModelDevice::Cuda && !cfg!(feature = "cuda") {
             return Err(ConfigError::invalid(
                 format!("{key}.device"),
@@ -136,6 +166,7 @@ impl Default for ModelConfig {
             queue: default_queue(),
             include_embedding: false,
             device: ModelDevice::default(),
+            dtype: ModelDtype::default(),
         }
     }
 }

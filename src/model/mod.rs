@@ -25,7 +25,7 @@ pub use embed::EmbedArgs;
 pub use emotionclip::{Backbone, EmotionClip, l2_normalize};
 pub use error::Error;
 pub use live::{LiveEncoder, PersonSample, TrackKey, WindowUpdate};
-pub use live_config::{Crop, ModelConfig, ModelDevice};
+pub use live_config::{Crop, ModelConfig, ModelDevice, ModelDtype};
 pub use readout::{Affect, Ema, Readout, ReadoutError};
 pub use readout_config::{EmotionClass, ReadoutConfig, default_classes};
 pub use stage::{EncoderSender, EncoderStage, LoadedModel, StageOptions, load};

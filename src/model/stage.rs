@@ -64,7 +64,10 @@ pub fn load(cfg: &ModelConfig, readout: &ReadoutConfig) -> Result<LoadedModel, E
                 source,
             })?;
             info!(weights = %path.display(), sha256 = %digest, "loading EmotionCLIP weights");
-            (EmotionClip::load(path, &arch, &device)?, Some(digest))
+            (
+                EmotionClip::load_as(path, &arch, &device, cfg.dtype.dtype())?,
+                Some(digest),
+            )
         }
         None => {
             warn!(
