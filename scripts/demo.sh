@@ -10,7 +10,9 @@ seconds=""
 
 scripts/install-deps.sh
 . scripts/env.sh
-cargo build --release --locked
+# The dev profile optimises every dependency (Cargo.toml) and shares its build with
+# scripts/test.sh; a release build would compile the whole tree a second time.
+cargo build --locked
 mkdir -p run
 
 pids=()
@@ -30,7 +32,7 @@ fi
 
 mosquitto_sub -h 127.0.0.1 -p 1883 -v -t 'affectd/#' &
 pids+=($!)
-target/release/affectd run --config configs/demo.toml &
+target/debug/affectd run --config configs/demo.toml &
 daemon=$!
 pids+=($daemon)
 if [ -n "$seconds" ]; then
