@@ -32,7 +32,7 @@ fi
 
 mosquitto_sub -h 127.0.0.1 -p 1883 -v -t 'affectd/#' &
 pids+=($!)
-target/debug/affectd run --config configs/demo.toml &
+"${CARGO_TARGET_DIR:-target}/debug/affectd" run --config configs/demo.toml &
 daemon=$!
 pids+=($daemon)
 if [ -n "$seconds" ]; then
