@@ -164,8 +164,11 @@ fn open_session(
                 continue;
             }
         };
+        // No spin-waiting between runs: the detector shares the cores with the encoder, and
+        // ONNX Runtime's idle threads spinning after every frame starve it.
         let builder = Session::builder(env)?
             .with_optimization_level(GraphOptimizationLevel::All)
+            .and_then(|b| b.with_intra_op_spinning(false))
             .map_err(ort::Error::from)?;
         let builder = if cfg.threads > 0 {
             builder
