@@ -168,7 +168,8 @@ fn open_session(
         // ONNX Runtime's idle threads spinning after every frame starve it.
         let builder = Session::builder(env)?
             .with_optimization_level(GraphOptimizationLevel::All)
-            .and_then(|b| b.with_intra_op_spinning(false))
+            .map_err(ort::Error::from)?
+            .with_intra_op_spinning(false)
             .map_err(ort::Error::from)?;
         let builder = if cfg.threads > 0 {
             builder
