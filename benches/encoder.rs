@@ -12,6 +12,9 @@
 //! (default 4): in every round candle, PyTorch and ONNX Runtime run in turn, so that load from
 //! elsewhere on the machine hits all three alike. `AFFECTD_BENCH_CACHE` is where the ONNX
 //! export is kept between runs (default: a folder in the system temp dir).
+//!
+//! `AFFECTD_BENCH_PROFILE=B,N` runs only N candle forwards at batch B (random pixels) and exits:
+//! a steady loop to put under `perf record` (see BENCHMARKS.md).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -60,6 +63,10 @@ fn main() {
         "set CANDLE_NUM_THREADS/RAYON_NUM_THREADS alike"
     );
 
+    if let Ok(spec) = std::env::var("AFFECTD_BENCH_PROFILE") {
+        profile_loop(&spec);
+        return;
+    }
     let rss_before = vm_status("VmRSS").unwrap_or(0);
     let t = Instant::now();
     let model =
@@ -268,6 +275,30 @@ fn main() {
         }
         Err(e) => println!("| `affectd run` | not measured: {e} |"),
     }
+}
+
+/// N forwards at batch B of the frame encoder alone, after one warm-up, for a profiler.
+fn profile_loop(spec: &str) {
+    let (b, n) = spec
+        .split_once(',')
+        .and_then(|(b, n)| Some((b.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+        .expect("AFFECTD_BENCH_PROFILE=BATCH,FORWARDS");
+    let model =
+        EmotionClip::random(&EmotionClipConfig::vit_b32(), SEED, &Device::Cpu).expect("ViT-B/32");
+    let x = Tensor::randn(0f32, 1.0, (b, 3, 224, 224), &Device::Cpu).expect("pixels");
+    let m = Tensor::ones((b, 224, 224), candle_core::DType::U8, &Device::Cpu).expect("mask");
+    model.encode_frames(&x, &m).expect("warm-up");
+    eprintln!("profile: warm");
+    let start = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(model.encode_frames(&x, &m).expect("encode"));
+    }
+    let s = start.elapsed().as_secs_f64();
+    println!(
+        "batch {b}: {:.2} person-frames/s ({:.1} ms per forward)",
+        (b * n) as f64 / s,
+        s * 1e3 / n as f64
+    );
 }
 
 /// `LiveEncoder::prepare` without a live encoder at hand (the naive path holds no rings).
