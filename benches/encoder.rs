@@ -7,7 +7,7 @@
 //! Run: `cargo bench --config 'profile.dev.package.affectd.opt-level=3' --profile dev
 //! --bench encoder`, adding `--config profile.dev.package.P.debug-assertions=false` and
 //! `...overflow-checks=false` for P in gemm*, candle-core, candle-nn and affectd to measure what
-//! a release build runs (BENCHMARKS.md has the full command; the checks cost candle 1.6-1.9x).
+//! a release build runs (BENCHMARKS.md has the full command; the checks cost candle 1.5-1.9x).
 //! Python comes from `./.venv-bench` (or `AFFECTD_BENCH_PYTHON`), ONNX
 //! Runtime for `affectd run` from `./.venv` (or `ORT_DYLIB_PATH`). `AFFECTD_BENCH_THREADS`
 //! sets the thread count of all three runtimes (default 2), `AFFECTD_BENCH_ROUNDS` the rounds
