@@ -18,15 +18,11 @@ use affectd::detect::{DetectConfig, Detector, Manifest, Provider};
 use affectd::track::{TrackConfig, Tracker};
 use affectd::types::{BBox, Detection};
 
+mod common;
+use common::env_or;
+
 const FRAMES: usize = 16;
 const SLICES: usize = 30;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let threads: usize = env_or("AFFECTD_BENCH_THREADS", 2);

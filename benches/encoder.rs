@@ -32,18 +32,14 @@ use affectd::model::{EmotionClip, EmotionClipConfig, LiveEncoder, PersonSample};
 use affectd::types::{BBox, Frame};
 use candle_core::{Device, IndexOp, Tensor};
 
+mod common;
+use common::env_or;
+
 const FRAMES: usize = 32;
 const BATCHES: [usize; 3] = [1, 8, 32];
 const SEED: u64 = 0;
 /// A person-sized box in the clip's 768x576 frames.
 const PERSON: BBox = BBox::new(330.0, 160.0, 420.0, 420.0);
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let threads: usize = env_or("AFFECTD_BENCH_THREADS", 2);
