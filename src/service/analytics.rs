@@ -18,7 +18,7 @@ use crate::detect::Detector;
 use crate::ingest::FrameHub;
 use crate::model::{EncoderSender, PersonSample};
 use crate::publish::{Publisher, TRACK_SCHEMA, TrackEvent, TrackEventKind, normalised_box};
-use crate::track::{EndedTrack, TrackConfig, TrackId, TrackUpdate, Tracker};
+use crate::track::{EndedTrack, TrackConfig, TrackId, Tracker};
 use crate::types::{BBox, CameraId, Detection, Frame, rfc3339};
 use crate::window::{WindowConfig, Windows};
 
@@ -147,6 +147,14 @@ impl Worker {
         state.size = (frame.width, frame.height);
         let update = state.tracker.update(dets, frame.wall);
         let sampled = state.windows.update(frame, &update, dets);
+        // The box each sampled track contributes is the one its window entry just stored.
+        let samples: Vec<(TrackId, BBox)> = sampled
+            .into_iter()
+            .filter_map(|id| {
+                let newest = state.windows.entries(id)?.last()?;
+                Some((id, newest.bbox))
+            })
+            .collect();
         let size = state.size;
 
         for t in update
@@ -169,14 +177,12 @@ impl Worker {
             }
         }
         if let Some(encoder) = &self.pipeline.encoder {
-            for id in sampled {
-                if let Some(bbox) = sample_box(&update, dets, id) {
-                    encoder.sample(PersonSample {
-                        frame: frame.clone(),
-                        track_id: id,
-                        bbox,
-                    });
-                }
+            for (track_id, bbox) in samples {
+                encoder.sample(PersonSample {
+                    frame: frame.clone(),
+                    track_id,
+                    bbox,
+                });
             }
         }
     }
@@ -229,15 +235,4 @@ impl Worker {
             Err(e) => debug!(error = %e, "track event not serialisable"),
         }
     }
-}
-
-/// The box a sampled track contributes: its matched detection, else the filtered box
-/// (the same choice the window made for its entry).
-fn sample_box(update: &TrackUpdate, dets: &[Detection], id: TrackId) -> Option<BBox> {
-    let t = update.active.iter().find(|t| t.id == id)?;
-    Some(
-        t.detection
-            .and_then(|i| dets.get(i))
-            .map_or(t.bbox, |d| d.bbox),
-    )
 }
