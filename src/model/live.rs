@@ -7,12 +7,13 @@
 //! per update would cost 8x the frame-encoder work for the same result (tested below).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use candle_core::{Result, Tensor};
 
 use super::EmotionClip;
-use super::preprocess::{self, CropPolicy, FrameInput, ImageView};
+use super::preprocess::{self, CropPolicy, EncoderCrop, FrameInput, ImageView};
 use crate::types::{BBox, CameraId, Detection, Frame};
 
 /// One person in one sampled frame: what the detector/tracker hands the encoder.
@@ -43,9 +44,26 @@ pub struct WindowUpdate {
     pub frame_size: (u32, u32),
 }
 
+/// One frame of a track's window: its feature and what produced it.
 struct Slot {
     feature: Tensor,
     wall: SystemTime,
+    /// The encoder input, kept so a new model can re-encode the window (reload) and capture
+    /// can store exactly what the encoder saw.
+    crop: Arc<EncoderCrop>,
+    /// The person's box in frame pixels.
+    bbox: BBox,
+    frame_seq: u64,
+}
+
+/// A track's current window as the encoder saw it (for capture).
+#[derive(Debug, Clone)]
+pub struct WindowFrames {
+    pub crops: Vec<Arc<EncoderCrop>>,
+    pub walls: Vec<SystemTime>,
+    pub bboxes: Vec<BBox>,
+    pub frame_seqs: Vec<u64>,
+    pub frame_size: (u32, u32),
 }
 
 struct TrackRing {
@@ -89,12 +107,17 @@ impl LiveEncoder {
 
     /// The encoder input of one sample: its crop and the person's own box as the mask.
     pub fn prepare(&self, sample: &PersonSample) -> Option<FrameInput> {
+        self.prepare_crop(sample).map(|c| c.input())
+    }
+
+    /// `prepare` before normalisation.
+    pub fn prepare_crop(&self, sample: &PersonSample) -> Option<EncoderCrop> {
         let view = ImageView::from_frame(&sample.frame)?;
         let subject = [Detection {
             bbox: sample.bbox,
             score: 1.0,
         }];
-        Some(preprocess::prepare(
+        Some(preprocess::prepare_crop(
             view,
             &subject,
             self.policy,
@@ -102,24 +125,90 @@ impl LiveEncoder {
         ))
     }
 
+    /// The frames of a track's current window, oldest first.
+    pub fn window_frames(&self, key: &TrackKey) -> Option<WindowFrames> {
+        let ring = self.tracks.get(key)?;
+        Some(WindowFrames {
+            crops: ring.slots.iter().map(|s| Arc::clone(&s.crop)).collect(),
+            walls: ring.slots.iter().map(|s| s.wall).collect(),
+            bboxes: ring.slots.iter().map(|s| s.bbox).collect(),
+            frame_seqs: ring.slots.iter().map(|s| s.frame_seq).collect(),
+            frame_size: ring.frame_size,
+        })
+    }
+
+    /// Frame features [N, embed_dim] of `crops`, in batches of at most `max_batch`.
+    fn encode_crops(&self, crops: &[&EncoderCrop], max_batch: usize) -> Result<Vec<Tensor>> {
+        let mut rows = Vec::with_capacity(crops.len());
+        for chunk in crops.chunks(max_batch.max(1)) {
+            let inputs: Vec<FrameInput> = chunk.iter().map(|c| c.input()).collect();
+            let (pixels, masks) = preprocess::stack(&inputs, self.model.device())?;
+            let (features, _) = self.model.encode_frames(&pixels, &masks)?;
+            for row in 0..chunk.len() {
+                rows.push(features.get(row)?);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Replaces the model and re-encodes every track's window with it, so that tracks keep
+    /// their windows (and their update cadence) across a reload. On error nothing changes.
+    /// `model` must take inputs of the same side as the current one.
+    pub fn swap_model(&mut self, model: EmotionClip, max_batch: usize) -> Result<EmotionClip> {
+        let (old, new) = (
+            self.model.config().vision_cfg.image_size,
+            model.config().vision_cfg.image_size,
+        );
+        if old != new || self.model.video_len() != model.video_len() {
+            candle_core::bail!(
+                "the new model takes {new} px x {} frames, the running one {old} px x {}",
+                model.video_len(),
+                self.model.video_len()
+            )
+        }
+        let keys: Vec<TrackKey> = self.tracks.keys().cloned().collect();
+        let crops: Vec<&EncoderCrop> = keys
+            .iter()
+            .flat_map(|k| self.tracks[k].slots.iter().map(|s| s.crop.as_ref()))
+            .collect();
+        let old_model = std::mem::replace(&mut self.model, model);
+        let features = match self.encode_crops(&crops, max_batch) {
+            Ok(f) => f,
+            Err(e) => {
+                self.model = old_model;
+                return Err(e);
+            }
+        };
+        let mut features = features.into_iter();
+        for key in &keys {
+            let ring = self
+                .tracks
+                .get_mut(key)
+                .expect("keys were taken from the map");
+            for slot in ring.slots.iter_mut() {
+                slot.feature = features.next().expect("one feature per slot");
+            }
+        }
+        Ok(old_model)
+    }
+
     /// Encodes the samples' frames in one batch, adds the features to their tracks, and
     /// returns the video embeddings of the tracks due for an update. Samples whose frame
     /// cannot be read are skipped.
     pub fn push(&mut self, samples: &[PersonSample]) -> Result<Vec<WindowUpdate>> {
-        let prepared: Vec<(&PersonSample, FrameInput)> = samples
+        let prepared: Vec<(&PersonSample, Arc<EncoderCrop>)> = samples
             .iter()
-            .filter_map(|s| self.prepare(s).map(|input| (s, input)))
+            .filter_map(|s| self.prepare_crop(s).map(|c| (s, Arc::new(c))))
             .collect();
         if prepared.is_empty() {
             return Ok(Vec::new());
         }
-        let inputs: Vec<FrameInput> = prepared.iter().map(|(_, i)| i.clone()).collect();
-        let (pixels, masks) = preprocess::stack(&inputs, self.model.device())?;
-        let (features, _) = self.model.encode_frames(&pixels, &masks)?;
+        let crops: Vec<&EncoderCrop> = prepared.iter().map(|(_, c)| c.as_ref()).collect();
+        let features = self.encode_crops(&crops, usize::MAX)?;
 
         let video_len = self.model.video_len();
         let mut due: Vec<TrackKey> = Vec::new();
-        for (row, (sample, _)) in prepared.iter().enumerate() {
+        for ((sample, crop), feature) in prepared.iter().zip(features) {
             let key = (sample.frame.camera.clone(), sample.track_id);
             let ring = self.tracks.entry(key.clone()).or_insert_with(|| TrackRing {
                 slots: VecDeque::with_capacity(video_len),
@@ -131,8 +220,11 @@ impl LiveEncoder {
                 ring.slots.pop_front();
             }
             ring.slots.push_back(Slot {
-                feature: features.get(row)?,
+                feature,
                 wall: sample.frame.wall,
+                crop: Arc::clone(crop),
+                bbox: sample.bbox,
+                frame_seq: sample.frame.seq,
             });
             ring.since_update += 1;
             ring.bbox = sample.bbox;
@@ -191,7 +283,6 @@ impl LiveEncoder {
 mod tests {
     use super::*;
     use std::path::Path;
-    use std::sync::Arc;
     use std::time::Duration;
 
     use candle_core::Device;
@@ -280,6 +371,56 @@ mod tests {
         }
         live.end_track(&(camera, 1));
         assert_eq!(live.tracks(), 1);
+    }
+
+    #[test]
+    fn a_swapped_model_re_encodes_the_windows_it_inherits() {
+        let camera: CameraId = Arc::from("cam");
+        let mut live = LiveEncoder::new(tiny(), CropPolicy::SUBJECT_DEFAULT, 1);
+        for n in 0..8 {
+            live.push(&[sample(&camera, n, 1)]).unwrap();
+        }
+        let cfg = live.model().config().clone();
+        let other = EmotionClip::random(&cfg, 3, &Device::Cpu).unwrap();
+        live.swap_model(other, 3).unwrap();
+        assert_eq!(live.tracks(), 1, "the track survives the swap");
+        // The first update after the swap is what the new model alone gives for frames 1..=8.
+        let update = live.push(&[sample(&camera, 8, 1)]).unwrap().remove(0);
+        let inputs: Vec<FrameInput> = (1..=8)
+            .map(|n| live.prepare(&sample(&camera, n, 1)).unwrap())
+            .collect();
+        let (pixels, masks) = preprocess::stack(&inputs, &Device::Cpu).unwrap();
+        let s = cfg.vision_cfg.image_size;
+        let full = live
+            .model()
+            .encode_video(
+                &pixels.reshape((1, 8, 3, s, s)).unwrap(),
+                &masks.reshape((1, 8, s, s)).unwrap(),
+            )
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let diff = full[0]
+            .iter()
+            .zip(&update.embedding)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-5, "{diff}");
+        let frames = live.window_frames(&(camera, 1)).unwrap();
+        assert_eq!(frames.crops.len(), 8);
+        assert_eq!(frames.crops[0].input(), inputs[0]);
+    }
+
+    #[test]
+    fn a_model_of_another_input_size_is_refused() {
+        let camera: CameraId = Arc::from("cam");
+        let mut live = LiveEncoder::new(tiny(), CropPolicy::SUBJECT_DEFAULT, 1);
+        live.push(&[sample(&camera, 0, 1)]).unwrap();
+        let mut cfg = live.model().config().clone();
+        cfg.vision_cfg.image_size = 32;
+        let other = EmotionClip::random(&cfg, 3, &Device::Cpu).unwrap();
+        assert!(live.swap_model(other, 3).is_err());
+        assert_eq!(live.model().config().vision_cfg.image_size, 64);
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub use config::{EmotionClipConfig, Fusion, TemporalConfig, TextConfig, VisionCo
 pub use embed::EmbedArgs;
 pub use emotionclip::{Backbone, EmotionClip, l2_normalize};
 pub use error::Error;
-pub use live::{LiveEncoder, PersonSample, TrackKey, WindowUpdate};
+pub use live::{LiveEncoder, PersonSample, TrackKey, WindowFrames, WindowUpdate};
 pub use live_config::{Crop, ModelConfig, ModelDevice, ModelDtype};
 pub use readout::{Affect, Ema, Readout, ReadoutError};
 pub use readout_config::{EmotionClass, ReadoutConfig, default_classes};

@@ -78,6 +78,34 @@ pub struct FrameInput {
     pub mask: Vec<u8>,
 }
 
+/// One frame's encoder input before normalisation: the `size` x `size` RGB crop and its
+/// subject mask. `input()` is a pure function of it, so storing a crop (as capture does)
+/// keeps exactly the tensors the encoder saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncoderCrop {
+    /// Side in pixels.
+    pub size: usize,
+    /// Packed RGB, `size * size * 3` bytes.
+    pub rgb: Vec<u8>,
+    /// [size, size], 1 where the subject is.
+    pub mask: Vec<u8>,
+}
+
+impl EncoderCrop {
+    /// The normalised input of the frame encoder.
+    pub fn input(&self) -> FrameInput {
+        FrameInput {
+            size: self.size,
+            pixels: normalize(ImageView {
+                width: self.size,
+                height: self.size,
+                rgb: &self.rgb,
+            }),
+            mask: self.mask.clone(),
+        }
+    }
+}
+
 /// Stacks prepared frames into the encoder's inputs on `device`: pixels [N, 3, S, S] f32 and
 /// masks [N, S, S] u8. All inputs must have the same size.
 pub fn stack(inputs: &[FrameInput], device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
@@ -131,6 +159,16 @@ pub fn prepare(
     policy: CropPolicy,
     size: usize,
 ) -> FrameInput {
+    prepare_crop(frame, subject, policy, size).input()
+}
+
+/// `prepare` without the final normalisation.
+pub fn prepare_crop(
+    frame: ImageView,
+    subject: &[Detection],
+    policy: CropPolicy,
+    size: usize,
+) -> EncoderCrop {
     match policy {
         CropPolicy::CentreCrop { resize } => {
             let (w, h) = resized_size(frame.width, frame.height, resize);
@@ -155,7 +193,7 @@ pub fn prepare(
                 })
                 .collect();
             let mask = subject_mask(&boxes, w, h);
-            centre_crop_input(&resized, &mask, size)
+            centre_crop(&resized, &mask, size)
         }
         CropPolicy::SubjectCentred { context, min_side } => {
             let [left, top, side] =
@@ -174,9 +212,9 @@ pub fn prepare(
                     score: d.score,
                 })
                 .collect();
-            FrameInput {
+            EncoderCrop {
                 size,
-                pixels: normalize(pixels.view()),
+                rgb: pixels.rgb,
                 mask: subject_mask(&boxes, size, size),
             }
         }
@@ -186,15 +224,20 @@ pub fn prepare(
 /// The official evaluation path for a frame whose boxes are already at the resized
 /// resolution (upstream order: resize, boxes -> mask, centre crop both, normalise).
 pub fn centre_crop_input(resized: &RgbImage, resized_mask: &[u8], size: usize) -> FrameInput {
+    centre_crop(resized, resized_mask, size).input()
+}
+
+/// `centre_crop_input` without the final normalisation.
+pub fn centre_crop(resized: &RgbImage, resized_mask: &[u8], size: usize) -> EncoderCrop {
     let (left, top) = centre_crop_origin(resized.width, resized.height, size);
     let crop = crop(resized.view(), left, top, size, size);
     let mut mask = Vec::with_capacity(size * size);
     for y in top..top + size {
         mask.extend_from_slice(&resized_mask[y * resized.width + left..][..size]);
     }
-    FrameInput {
+    EncoderCrop {
         size,
-        pixels: normalize(crop.view()),
+        rgb: crop.rgb,
         mask,
     }
 }
