@@ -11,5 +11,6 @@ pub mod model;
 pub mod publish;
 pub mod service;
 pub mod track;
+pub mod train;
 pub mod types;
 pub mod window;

@@ -139,6 +139,12 @@ impl Readout {
         &self.names
     }
 
+    /// The L2-normalised class embeddings, row-major [classes, dim], and the multiplier
+    /// applied to cosine similarities (for training against the same zero-shot classifier).
+    pub fn class_embeddings(&self) -> (&[f32], usize, f32) {
+        (&self.classes, self.dim, self.logit_scale)
+    }
+
     /// Whether valence/arousal come from a fitted head rather than the lexicon.
     pub fn has_head(&self) -> bool {
         self.head.is_some()

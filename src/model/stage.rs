@@ -80,10 +80,22 @@ pub fn load(cfg: &ModelConfig, readout: &ReadoutConfig) -> Result<LoadedModel, E
             (EmotionClip::random(&arch, cfg.seed, &device)?, None)
         }
     };
+    let readout = build_readout(&model, readout)?;
+    let id = ModelId::new(cfg.name.clone(), digest.as_deref());
+    let encoder = LiveEncoder::new(model, cfg.crop_policy(), cfg.update_every);
+    Ok(LoadedModel {
+        encoder,
+        readout,
+        id,
+    })
+}
+
+/// The read-out of `model`: the class text embeddings from its text tower, computed once.
+pub fn build_readout(model: &EmotionClip, cfg: &ReadoutConfig) -> Result<Readout, Error> {
     let tokenizer = ClipTokenizer::new();
-    let vocab = arch.text_cfg.vocab_size;
-    let readout = Readout::build(readout, model.logit_scale_exp()?, |texts| {
-        let tokens = tokenizer.tokenize_batch(texts, &device)?;
+    let vocab = model.config().text_cfg.vocab_size;
+    Readout::build(cfg, model.logit_scale_exp()?, |texts| {
+        let tokens = tokenizer.tokenize_batch(texts, model.device())?;
         let max = tokens.max_all()?.to_scalar::<i64>()?;
         if max >= vocab as i64 {
             candle_core::bail!("token id {max} is outside the text tower's vocabulary of {vocab}")
@@ -93,14 +105,7 @@ pub fn load(cfg: &ModelConfig, readout: &ReadoutConfig) -> Result<LoadedModel, E
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()
     })
-    .map_err(|e| Error::invalid_config("readout", e.to_string()))?;
-    let id = ModelId::new(cfg.name.clone(), digest.as_deref());
-    let encoder = LiveEncoder::new(model, cfg.crop_policy(), cfg.update_every);
-    Ok(LoadedModel {
-        encoder,
-        readout,
-        id,
-    })
+    .map_err(|e| Error::invalid_config("readout", e.to_string()))
 }
 
 /// Where the stage publishes and how.

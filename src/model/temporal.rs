@@ -6,9 +6,9 @@
 //! It only sees frame features, so a window update re-runs this part alone.
 
 use candle_core::{Module, Result, Tensor, bail};
-use candle_nn::{Init, LayerNorm, Linear, VarBuilder, layer_norm, linear};
+use candle_nn::{Init, Linear, VarBuilder, linear};
 
-use super::transformer::{LN_EPS, MultiheadAttention};
+use super::transformer::{LN_EPS, LayerNorm, MultiheadAttention, layer_norm};
 use super::{Fusion, TemporalConfig};
 
 /// One `nn.TransformerEncoderLayer` (norm_first=False, activation='gelu', dropout off).

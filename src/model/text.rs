@@ -3,10 +3,10 @@
 //! text_projection`.
 
 use candle_core::{DType, Device, Module, Result, Tensor, bail};
-use candle_nn::{Embedding, Init, LayerNorm, VarBuilder, layer_norm};
+use candle_nn::{Embedding, Init, VarBuilder};
 
 use super::TextConfig;
-use super::transformer::{LN_EPS, Transformer};
+use super::transformer::{LN_EPS, LayerNorm, Transformer, layer_norm};
 
 /// Keys directly under `backbone.` (the text tower is not a sub-module upstream).
 #[derive(Debug, Clone)]

@@ -1,11 +1,63 @@
 //! Building blocks shared by the three towers: PyTorch's `nn.MultiheadAttention` (packed
 //! `in_proj_*` weights) and OpenCLIP's pre-LN `ResidualAttentionBlock` / `Transformer`.
 
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{Init, LayerNorm, Linear, VarBuilder, init, layer_norm, linear};
+use candle_core::{D, DType, Module, Result, Tensor};
+use candle_nn::{Init, Linear, VarBuilder, init, linear};
 
 /// LayerNorm epsilon everywhere in the official model (PyTorch's default).
 pub(crate) const LN_EPS: f64 = 1e-5;
+
+/// Whether any of `xs` is part of an autograd graph (a student being trained).
+fn differentiable(xs: &[&Tensor]) -> bool {
+    xs.iter().any(|x| x.track_op())
+}
+
+/// Softmax over the last dimension: candle-nn's fused kernel for inference; its composite
+/// form (which has a backward pass; the fused one has none) when gradients are tracked.
+pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if differentiable(&[x]) {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
+/// `nn.LayerNorm` (keys `weight`, `bias`). Like `softmax_last_dim`, it runs candle-nn's
+/// fused kernel for inference and the composite form when gradients are tracked.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+    Ok(LayerNorm {
+        weight: vb.get_with_hints(dim, "weight", Init::Const(1.))?,
+        bias: vb.get_with_hints(dim, "bias", init::ZERO)?,
+        eps,
+    })
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !differentiable(&[x, &self.weight, &self.bias]) && x.is_contiguous() {
+            return candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
+        }
+        let dtype = x.dtype();
+        let x = match dtype {
+            DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
+            _ => x.clone(),
+        };
+        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed
+            .to_dtype(dtype)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+}
 
 /// `nn.MultiheadAttention` without dropout: keys `in_proj_weight`, `in_proj_bias`, `out_proj.*`.
 #[derive(Debug, Clone)]
@@ -52,7 +104,7 @@ impl MultiheadAttention {
         if let Some(mask) = mask {
             att = att.broadcast_add(mask)?;
         }
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let att = softmax_last_dim(&att)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
         self.out_proj.forward(&y)
     }

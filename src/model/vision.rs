@@ -3,10 +3,10 @@
 //! `src/models/base.py`, `VisualTransformer.forward`).
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor, bail};
-use candle_nn::{Init, LayerNorm, VarBuilder, layer_norm};
+use candle_nn::{Init, VarBuilder};
 
 use super::VisionConfig;
-use super::transformer::{LN_EPS, Transformer};
+use super::transformer::{LN_EPS, LayerNorm, Transformer, layer_norm};
 
 /// Keys under `backbone.visual`.
 #[derive(Debug, Clone)]

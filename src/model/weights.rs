@@ -143,6 +143,27 @@ impl Checkpoint {
         })
     }
 
+    /// Every tensor of the checkpoint by name, in `dtype` on `device` (to initialise a
+    /// student from the teacher's layers).
+    pub fn tensors(
+        mut self,
+        dtype: DType,
+        device: &Device,
+    ) -> std::result::Result<std::collections::BTreeMap<String, Tensor>, Error> {
+        let (source, names) = self.source.take().expect("checkpoint used once");
+        names
+            .into_iter()
+            .map(|name| {
+                let t = source.get_unchecked(&name, dtype, device);
+                t.map(|t| (name, t))
+            })
+            .collect::<Result<_>>()
+            .map_err(|source| Error::CheckpointRead {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
     pub fn format(&self) -> CheckpointFormat {
         self.format
     }
@@ -243,22 +264,81 @@ impl SimpleBackend for Seeded {
     }
 }
 
+/// The seeded random tensor `name` would get from `seeded_var_builder(seed, ..)`.
+pub fn seeded_tensor(
+    seed: u64,
+    name: &str,
+    shape: &Shape,
+    hint: Init,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    Seeded { seed }.get(shape.clone(), name, hint, dtype, device)
+}
+
+/// Records every tensor a model asks its backend for (to name the tensors of a seeded model).
+struct Recording {
+    inner: Seeded,
+    seen: Arc<Mutex<std::collections::BTreeMap<String, Tensor>>>,
+}
+
+impl SimpleBackend for Recording {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let t = self.inner.get(s, name, h, dtype, dev)?;
+        self.seen
+            .lock()
+            .expect("recording lock")
+            .insert(name.to_owned(), t.clone());
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        self.inner.get_unchecked(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// Builds a model from seeded random tensors (as `seeded_var_builder`) and returns it with
+/// every tensor it took, by name.
+pub fn build_seeded<T>(
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+    build: impl FnOnce(VarBuilder<'static>) -> Result<T>,
+) -> Result<(T, std::collections::BTreeMap<String, Tensor>)> {
+    let seen = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+    let backend = Recording {
+        inner: Seeded { seed },
+        seen: Arc::clone(&seen),
+    };
+    let built = build(VarBuilder::from_backend(
+        Box::new(backend),
+        dtype,
+        device.clone(),
+    ))?;
+    let tensors = std::mem::take(&mut *seen.lock().expect("recording lock"));
+    Ok((built, tensors))
+}
+
 /// A `VarBuilder` that hands out seeded random tensors (see `EmotionClip::random`).
 pub fn seeded_var_builder(seed: u64, dtype: DType, device: &Device) -> VarBuilder<'static> {
     VarBuilder::from_backend(Box::new(Seeded { seed }), dtype, device.clone())
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 
 /// SplitMix64 (Steele et al. 2014): small, fast, good enough for weight init.
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

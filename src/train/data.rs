@@ -1,0 +1,149 @@
+//! Windows to learn from: a source of captured 8-frame windows, the held-out split and the
+//! deterministic order in which training visits them.
+
+use crate::model::preprocess::EncoderCrop;
+use crate::model::weights::SplitMix64;
+
+/// Captured windows, addressed by index.
+pub trait WindowSource {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// A stable id (the capture sample id): names the window in caches and reports.
+    fn id(&self, i: usize) -> &str;
+    /// Windows of one group (one person's track) stay on one side of the held-out split,
+    /// so the held-out score is measured on people the student never trained on.
+    fn group(&self, i: usize) -> String;
+    /// The window's encoder inputs, oldest frame first.
+    fn load(&self, i: usize) -> anyhow::Result<Vec<EncoderCrop>>;
+}
+
+fn hash(text: &str, seed: u64) -> u64 {
+    text.bytes().fold(SplitMix64(seed).next(), |h, b| {
+        SplitMix64(h ^ u64::from(b)).next()
+    })
+}
+
+/// Train and held-out indices: each group goes to the held-out side with probability
+/// `val_fraction` (a seeded hash of its name, so the split is stable as data grows). With
+/// two or more groups, each side gets at least one.
+pub fn split(source: &dyn WindowSource, val_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut groups: Vec<(u64, String)> = (0..source.len())
+        .map(|i| source.group(i))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|g| (hash(&g, seed), g))
+        .collect();
+    groups.sort();
+    let cut = (val_fraction.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
+    let mut held: Vec<&String> = groups
+        .iter()
+        .filter(|(h, _)| *h < cut)
+        .map(|(_, g)| g)
+        .collect();
+    if groups.len() >= 2 {
+        if held.is_empty() && val_fraction > 0.0 {
+            held.push(&groups[0].1);
+        }
+        if held.len() == groups.len() {
+            held.pop();
+        }
+    }
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for i in 0..source.len() {
+        if held.contains(&&source.group(i)) {
+            val.push(i);
+        } else {
+            train.push(i);
+        }
+    }
+    (train, val)
+}
+
+/// A seeded permutation of `0..n` (Fisher-Yates).
+fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = SplitMix64(seed);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// The windows of training step `step`: epochs of `train` in a seeded order that depends on
+/// the epoch, so any step's batch is known without replaying earlier ones (`--resume`).
+pub fn batch_indices(train: &[usize], step: usize, batch: usize, seed: u64) -> Vec<usize> {
+    let n = train.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut cached: Option<(usize, Vec<usize>)> = None;
+    (0..batch)
+        .map(|k| {
+            let p = step * batch + k;
+            let epoch = p / n;
+            if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                cached = Some((
+                    epoch,
+                    permutation(n, seed ^ (epoch as u64).wrapping_mul(0x9e37)),
+                ));
+            }
+            train[cached.as_ref().expect("just set").1[p % n]]
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Groups(Vec<String>);
+
+    impl WindowSource for Groups {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn id(&self, i: usize) -> &str {
+            &self.0[i]
+        }
+        fn group(&self, i: usize) -> String {
+            self.0[i].split('/').next().unwrap_or_default().to_owned()
+        }
+        fn load(&self, _: usize) -> anyhow::Result<Vec<EncoderCrop>> {
+            anyhow::bail!("no pixels")
+        }
+    }
+
+    #[test]
+    fn a_track_never_lands_on_both_sides() {
+        let ids: Vec<String> = (0..60).map(|i| format!("t{}/{i}", i % 12)).collect();
+        let source = Groups(ids);
+        let (train, val) = split(&source, 0.25, 7);
+        assert_eq!(train.len() + val.len(), 60);
+        assert!(!train.is_empty() && !val.is_empty());
+        for v in &val {
+            assert!(train.iter().all(|t| source.group(*t) != source.group(*v)));
+        }
+        assert_eq!(split(&source, 0.25, 7), (train, val));
+    }
+
+    #[test]
+    fn each_epoch_visits_every_window_once() {
+        let train: Vec<usize> = (100..110).collect();
+        let mut seen: Vec<usize> = (0..5)
+            .flat_map(|s| batch_indices(&train, s, 2, 3))
+            .collect();
+        seen.sort();
+        assert_eq!(seen, train);
+        assert_eq!(
+            batch_indices(&train, 7, 3, 3),
+            batch_indices(&train, 7, 3, 3)
+        );
+        assert_ne!(
+            batch_indices(&train, 0, 10, 3),
+            batch_indices(&train, 1, 10, 3)
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! A small line-chart PNG for the distillation report: no plotting crate or font files are
+//! needed on the box, so the few labels use a built-in 3x5 pixel font.
+
+use std::path::Path;
+
+use image::{Rgb, RgbImage};
+
+/// One line of a panel.
+pub struct Series<'a> {
+    pub label: &'a str,
+    pub colour: [u8; 3],
+    /// (x, y) points in data units.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One chart: a title and its lines, drawn on a shared x axis.
+pub struct Panel<'a> {
+    pub title: &'a str,
+    pub series: Vec<Series<'a>>,
+    /// Fixed y range, or `None` to fit the data.
+    pub y_range: Option<(f64, f64)>,
+}
+
+const W: u32 = 640;
+const PANEL_H: u32 = 240;
+const MARGIN: u32 = 44;
+const SCALE: u32 = 2;
+const BG: Rgb<u8> = Rgb([255, 255, 255]);
+const INK: Rgb<u8> = Rgb([40, 40, 40]);
+const GRID: Rgb<u8> = Rgb([225, 225, 225]);
+
+/// 3x5 glyphs, rows top to bottom, `#` = ink.
+fn glyph(c: char) -> Option<[&'static str; 5]> {
+    Some(match c.to_ascii_lowercase() {
+        '0' => ["###", "#.#", "#.#", "#.#", "###"],
+        '1' => [".#.", "##.", ".#.", ".#.", "###"],
+        '2' => ["###", "..#", "###", "#..", "###"],
+        '3' => ["###", "..#", ".##", "..#", "###"],
+        '4' => ["#.#", "#.#", "###", "..#", "..#"],
+        '5' => ["###", "#..", "###", "..#", "###"],
+        '6' => ["###", "#..", "###", "#.#", "###"],
+        '7' => ["###", "..#", ".#.", ".#.", ".#."],
+        '8' => ["###", "#.#", "###", "#.#", "###"],
+        '9' => ["###", "#.#", "###", "..#", "###"],
+        '.' => ["...", "...", "...", "...", ".#."],
+        '-' => ["...", "...", "###", "...", "..."],
+        ':' => ["...", ".#.", "...", ".#.", "..."],
+        '%' => ["#.#", "..#", ".#.", "#..", "#.#"],
+        '(' => [".#.", "#..", "#..", "#..", ".#."],
+        ')' => [".#.", "..#", "..#", "..#", ".#."],
+        '/' => ["..#", "..#", ".#.", "#..", "#.."],
+        'a' => [".#.", "#.#", "###", "#.#", "#.#"],
+        'b' => ["##.", "#.#", "##.", "#.#", "##."],
+        'c' => [".##", "#..", "#..", "#..", ".##"],
+        'd' => ["##.", "#.#", "#.#", "#.#", "##."],
+        'e' => ["###", "#..", "##.", "#..", "###"],
+        'f' => ["###", "#..", "##.", "#..", "#.."],
+        'g' => [".##", "#..", "#.#", "#.#", ".##"],
+        'h' => ["#.#", "#.#", "###", "#.#", "#.#"],
+        'i' => ["###", ".#.", ".#.", ".#.", "###"],
+        'j' => ["..#", "..#", "..#", "#.#", ".#."],
+        'k' => ["#.#", "#.#", "##.", "#.#", "#.#"],
+        'l' => ["#..", "#..", "#..", "#..", "###"],
+        'm' => ["#.#", "###", "###", "#.#", "#.#"],
+        'n' => ["##.", "#.#", "#.#", "#.#", "#.#"],
+        'o' => [".#.", "#.#", "#.#", "#.#", ".#."],
+        'p' => ["##.", "#.#", "##.", "#..", "#.."],
+        'q' => [".#.", "#.#", "#.#", ".#.", "..#"],
+        'r' => ["##.", "#.#", "##.", "#.#", "#.#"],
+        's' => [".##", "#..", ".#.", "..#", "##."],
+        't' => ["###", ".#.", ".#.", ".#.", ".#."],
+        'u' => ["#.#", "#.#", "#.#", "#.#", "###"],
+        'v' => ["#.#", "#.#", "#.#", "#.#", ".#."],
+        'w' => ["#.#", "#.#", "###", "###", "#.#"],
+        'x' => ["#.#", "#.#", ".#.", "#.#", "#.#"],
+        'y' => ["#.#", "#.#", ".#.", ".#.", ".#."],
+        'z' => ["###", "..#", ".#.", "#..", "###"],
+        ' ' => ["...", "...", "...", "...", "..."],
+        _ => return None,
+    })
+}
+
+fn text(img: &mut RgbImage, x: u32, y: u32, s: &str, colour: Rgb<u8>) {
+    for (k, c) in s.chars().enumerate() {
+        let Some(rows) = glyph(c) else { continue };
+        let gx = x + k as u32 * 4 * SCALE;
+        for (r, row) in rows.iter().enumerate() {
+            for (col, bit) in row.bytes().enumerate() {
+                if bit != b'#' {
+                    continue;
+                }
+                for dy in 0..SCALE {
+                    for dx in 0..SCALE {
+                        let (px, py) = (gx + col as u32 * SCALE + dx, y + r as u32 * SCALE + dy);
+                        if px < img.width() && py < img.height() {
+                            img.put_pixel(px, py, colour);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn line(img: &mut RgbImage, (x0, y0): (f64, f64), (x1, y1): (f64, f64), colour: Rgb<u8>) {
+    let n = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
+    for i in 0..=n {
+        let t = i as f64 / n as f64;
+        let (x, y) = (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t);
+        for (dx, dy) in [(0, 0), (1, 0), (0, 1)] {
+            let (px, py) = (x as i64 + dx, y as i64 + dy);
+            if px >= 0 && py >= 0 && (px as u32) < img.width() && (py as u32) < img.height() {
+                img.put_pixel(px as u32, py as u32, colour);
+            }
+        }
+    }
+}
+
+fn short(v: f64) -> String {
+    if v.abs() >= 100.0 || v == 0.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn draw_panel(img: &mut RgbImage, top: u32, panel: &Panel, x_max: f64) {
+    let (left, right) = (MARGIN + 20, W - 16);
+    let (plot_top, bottom) = (top + 28, top + PANEL_H - 24);
+    let ys = panel
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1));
+    let (mut lo, mut hi) = panel.y_range.unwrap_or_else(|| {
+        ys.filter(|v| v.is_finite())
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                (a.min(v), b.max(v))
+            })
+    });
+    if !lo.is_finite() || !hi.is_finite() {
+        (lo, hi) = (0.0, 1.0);
+    }
+    if hi - lo < 1e-9 {
+        hi = lo + 1.0;
+    }
+    let x_of = |x: f64| f64::from(left) + (x / x_max.max(1e-9)) * f64::from(right - left);
+    let y_of = |y: f64| f64::from(bottom) - (y - lo) / (hi - lo) * f64::from(bottom - plot_top);
+    for k in 0..=4 {
+        let y = lo + (hi - lo) * f64::from(k) / 4.0;
+        let py = y_of(y);
+        line(img, (f64::from(left), py), (f64::from(right), py), GRID);
+        text(img, 4, py as u32 - 5, &short(y), INK);
+    }
+    line(
+        img,
+        (f64::from(left), f64::from(plot_top)),
+        (f64::from(left), f64::from(bottom)),
+        INK,
+    );
+    line(
+        img,
+        (f64::from(left), f64::from(bottom)),
+        (f64::from(right), f64::from(bottom)),
+        INK,
+    );
+    text(
+        img,
+        right - 8 * 4 * SCALE,
+        bottom + 8,
+        &format!("step {}", x_max as u64),
+        INK,
+    );
+    text(img, left, top + 6, panel.title, INK);
+    let mut label_x = left + (panel.title.len() as u32 + 2) * 4 * SCALE;
+    for s in &panel.series {
+        let colour = Rgb(s.colour);
+        for pair in s.points.windows(2) {
+            line(
+                img,
+                (x_of(pair[0].0), y_of(pair[0].1)),
+                (x_of(pair[1].0), y_of(pair[1].1)),
+                colour,
+            );
+        }
+        if let [only] = s.points.as_slice() {
+            line(
+                img,
+                (x_of(only.0), y_of(only.1)),
+                (x_of(only.0) + 2.0, y_of(only.1)),
+                colour,
+            );
+        }
+        text(img, label_x, top + 6, s.label, colour);
+        label_x += (s.label.len() as u32 + 2) * 4 * SCALE;
+    }
+}
+
+/// Draws `panels` stacked, sharing the x axis 0..=`x_max`, and saves a PNG.
+pub fn save(path: &Path, panels: &[Panel], x_max: f64) -> image::ImageResult<()> {
+    let mut img = RgbImage::from_pixel(W, PANEL_H * panels.len() as u32, BG);
+    for (i, panel) in panels.iter().enumerate() {
+        draw_panel(&mut img, i as u32 * PANEL_H, panel, x_max);
+    }
+    img.save(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_label_character_has_a_glyph_and_lines_are_drawn() {
+        for c in "held-out top-1 agreement cosine loss (train) step 0123456789.:%".chars() {
+            assert!(glyph(c).is_some(), "{c:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.png");
+        let panel = Panel {
+            title: "loss",
+            series: vec![Series {
+                label: "train",
+                colour: [200, 0, 0],
+                points: vec![(0.0, 2.0), (50.0, 1.0), (100.0, 0.5)],
+            }],
+            y_range: None,
+        };
+        save(&path, &[panel], 100.0).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (W, PANEL_H));
+        assert!(img.pixels().filter(|p| p.0 == [200, 0, 0]).count() > 100);
+    }
+}

@@ -1,0 +1,149 @@
+//! Teacher outputs, computed once per window and cached on disk.
+//!
+//! The cache lives under a folder named for the teacher's weights digest and config, one
+//! safetensors file per window id, so a second run (or `--resume`) over the same data never
+//! runs the teacher again, and a different teacher never reads stale targets.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
+
+use super::data::WindowSource;
+use crate::model::EmotionClip;
+use crate::model::preprocess::{self, EncoderCrop, FrameInput};
+
+/// What the student is trained to reproduce for one window.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    /// [embed_dim]: the un-normalised video embedding.
+    pub video: Tensor,
+    /// [video_len, width]: the frame encoder's class token after `ln_post` (the feature
+    /// hint), per frame.
+    pub hint: Tensor,
+}
+
+/// Pixels [N*T, 3, S, S] and masks [N*T, S, S] of windows, frames in window order.
+pub fn stack_windows(
+    windows: &[Vec<EncoderCrop>],
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let inputs: Vec<FrameInput> = windows.iter().flatten().map(EncoderCrop::input).collect();
+    preprocess::stack(&inputs, device)
+}
+
+/// The teacher's targets for whole windows in one batch.
+pub fn compute(
+    teacher: &EmotionClip,
+    windows: &[Vec<EncoderCrop>],
+) -> candle_core::Result<Vec<Targets>> {
+    let (b, t) = (windows.len(), teacher.video_len());
+    let (pixels, masks) = stack_windows(windows, teacher.device())?;
+    let trace = teacher.trace_frames(&pixels, &masks)?;
+    let video = teacher
+        .encode_video_from_features(&trace.features.reshape((b, t, ()))?)?
+        .to_dtype(DType::F32)?;
+    let hint = trace
+        .cls_post_ln
+        .to_dtype(DType::F32)?
+        .reshape((b, t, ()))?;
+    (0..b)
+        .map(|i| {
+            Ok(Targets {
+                video: video.get(i)?,
+                hint: hint.get(i)?,
+            })
+        })
+        .collect()
+}
+
+/// The on-disk cache of one teacher's targets.
+pub struct TeacherCache {
+    dir: PathBuf,
+}
+
+fn file_name(id: &str) -> String {
+    let safe: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!(
+        "{safe}-{:016x}.safetensors",
+        crate::model::weights::fnv1a(id.as_bytes())
+    )
+}
+
+impl TeacherCache {
+    /// The cache of the teacher identified by `key` (its weights digest and config) under
+    /// `root`.
+    pub fn open(root: &Path, key: &str) -> anyhow::Result<Self> {
+        let dir = root.join(format!("teacher-{key}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self { dir })
+    }
+
+    fn read(&self, id: &str, device: &Device) -> Option<Targets> {
+        let path = self.dir.join(file_name(id));
+        let mut t = candle_core::safetensors::load(&path, device).ok()?;
+        Some(Targets {
+            video: t.remove("video")?,
+            hint: t.remove("hint")?,
+        })
+    }
+
+    fn write(&self, id: &str, targets: &Targets) -> anyhow::Result<()> {
+        let path = self.dir.join(file_name(id));
+        let tmp = path.with_extension("tmp");
+        let map: std::collections::HashMap<String, Tensor> = [
+            ("video".to_owned(), targets.video.clone()),
+            ("hint".to_owned(), targets.hint.clone()),
+        ]
+        .into();
+        candle_core::safetensors::save(&map, &tmp)?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Targets of every window of `source`: read from the cache, or computed in batches of
+    /// `batch` windows and stored. `progress(done, computed)` is called as windows complete.
+    pub fn targets(
+        &self,
+        teacher: &EmotionClip,
+        source: &dyn WindowSource,
+        batch: usize,
+        mut progress: impl FnMut(usize),
+    ) -> anyhow::Result<Vec<Targets>> {
+        let device = teacher.device();
+        let mut out: Vec<Option<Targets>> = (0..source.len())
+            .map(|i| self.read(source.id(i), device))
+            .collect();
+        progress(out.iter().filter(|t| t.is_some()).count());
+        let missing: Vec<usize> = (0..source.len()).filter(|i| out[*i].is_none()).collect();
+        for chunk in missing.chunks(batch.max(1)) {
+            let windows = chunk
+                .iter()
+                .map(|&i| {
+                    source
+                        .load(i)
+                        .with_context(|| format!("window {}", source.id(i)))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let computed = compute(teacher, &windows)?;
+            for (&i, targets) in chunk.iter().zip(computed) {
+                self.write(source.id(i), &targets)?;
+                out[i] = Some(targets);
+            }
+            progress(chunk.len());
+        }
+        Ok(out
+            .into_iter()
+            .map(|t| t.expect("every window filled"))
+            .collect())
+    }
+}
