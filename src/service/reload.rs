@@ -66,7 +66,10 @@ impl Reloader {
         }
     }
 
-    async fn try_reload(&mut self, encoder: Option<&EncoderSender>) -> anyhow::Result<Option<ModelId>> {
+    async fn try_reload(
+        &mut self,
+        encoder: Option<&EncoderSender>,
+    ) -> anyhow::Result<Option<ModelId>> {
         let path = self.path.clone();
         let (config, table) = tokio::task::spawn_blocking(move || read(&path))
             .await
@@ -116,8 +119,8 @@ impl Reloader {
 
 /// Reads, validates and checks the files of the config at `path`, and parses it as a table.
 fn read(path: &Path) -> anyhow::Result<(Config, Table)> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let config = Config::from_text(&text, path)?;
     config.check_files()?;
     let table = parse_table(&text, path)?;
@@ -211,7 +214,8 @@ ema_alpha = 0.5
                 .replace("[readout]", "[mqtt]\nport = 1884\n[readout]"),
         );
         assert_eq!(needs_restart(&old, &new), ["camera", "mqtt", "model.queue"]);
-        let without_model = table(&BASE.replace("[model]\nweights = \"a.safetensors\"\nqueue = 16\n", ""));
+        let without_model =
+            table(&BASE.replace("[model]\nweights = \"a.safetensors\"\nqueue = 16\n", ""));
         assert_eq!(needs_restart(&old, &without_model), ["model"]);
     }
 
