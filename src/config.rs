@@ -102,12 +102,18 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
+        Self::from_text(&text, path)
+    }
+
+    /// Parses and validates `text` as the content of the file at `path` (relative paths in
+    /// it resolve against that file's folder).
+    pub fn from_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let base_dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_owned();
-        let mut config = Self::parse(&text, path)?;
+        let mut config = Self::parse(text, path)?;
         config.base_dir = base_dir;
         config.resolve_paths();
         config.validate()?;

@@ -108,7 +108,7 @@ fn init_logging() {
 fn run(args: &ConfigArg) -> Result<(), Failure> {
     let config = Config::load(&args.config)?;
     config.check_files()?;
-    affectd::service::run(config).map_err(Failure::Runtime)
+    affectd::service::run(config, &args.config).map_err(Failure::Runtime)
 }
 
 fn check(args: &ConfigArg) -> Result<(), Failure> {

@@ -192,6 +192,17 @@ impl LiveEncoder {
         Ok(old_model)
     }
 
+    /// Takes over a freshly loaded encoder's model, crop policy and update cadence (a reload):
+    /// every track's window is re-encoded with the new model (see [`Self::swap_model`]), so
+    /// tracks keep their windows. Crops already in the windows keep the policy they were cut
+    /// with; new samples use the new one. On error nothing changes.
+    pub fn adopt(&mut self, fresh: LiveEncoder, max_batch: usize) -> Result<()> {
+        self.swap_model(fresh.model, max_batch)?;
+        self.policy = fresh.policy;
+        self.update_every = fresh.update_every;
+        Ok(())
+    }
+
     /// Encodes the samples' frames in one batch, adds the features to their tracks, and
     /// returns the video embeddings of the tracks due for an update. Samples whose frame
     /// cannot be read are skipped.
@@ -409,6 +420,28 @@ mod tests {
         let frames = live.window_frames(&(camera, 1)).unwrap();
         assert_eq!(frames.crops.len(), 8);
         assert_eq!(frames.crops[0].input(), inputs[0]);
+    }
+
+    #[test]
+    fn an_adopted_encoder_keeps_the_tracks_and_brings_its_cadence() {
+        let camera: CameraId = Arc::from("cam");
+        let mut live = LiveEncoder::new(tiny(), CropPolicy::SUBJECT_DEFAULT, 1);
+        for n in 0..8 {
+            live.push(&[sample(&camera, n, 1)]).unwrap();
+        }
+        let cfg = live.model().config().clone();
+        let fresh = LiveEncoder::new(
+            EmotionClip::random(&cfg, 5, &Device::Cpu).unwrap(),
+            CropPolicy::SUBJECT_DEFAULT,
+            4,
+        );
+        live.adopt(fresh, 8).unwrap();
+        assert_eq!(live.tracks(), 1);
+        // The window was full before: the new cadence (every 4th frame) applies at once.
+        let published: Vec<usize> = (8..16)
+            .map(|n| live.push(&[sample(&camera, n, 1)]).unwrap().len())
+            .collect();
+        assert_eq!(published, [0, 0, 0, 1, 0, 0, 0, 1]);
     }
 
     #[test]

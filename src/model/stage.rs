@@ -31,13 +31,26 @@ use crate::types::rfc3339;
 const IDLE_WAKE: Duration = Duration::from_millis(500);
 
 /// What wakes the encoder thread besides samples.
-#[derive(Debug, Clone)]
 enum Control {
     /// Samples are waiting in the ring.
     Wake,
     /// The track was removed: free its ring and smoothing state.
     TrackEnded(TrackKey),
+    /// Serve a reloaded model from the next batch on.
+    Swap(Box<Swap>),
 }
+
+/// A reloaded model and the `[model]`/`[readout]` settings that travel with it.
+struct Swap {
+    model: LoadedModel,
+    max_batch: usize,
+    ema_alpha: f32,
+    include_embedding: bool,
+    reply: Sender<Result<ModelId, String>>,
+}
+
+/// How long a reload waits for room on the control channel.
+const SWAP_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A model ready to serve: the live encoder, its read-out and its identity.
 pub struct LoadedModel {
@@ -144,6 +157,38 @@ impl EncoderSender {
         let _ = self
             .control
             .send_timeout(Control::TrackEnded(key), Duration::from_secs(1));
+    }
+
+    /// Hands a reloaded model to the encoder thread, which swaps it in between two batches:
+    /// every track's window is re-encoded with it (tracks and their windows survive), the
+    /// read-out and the model id in messages change, and the per-track smoothing restarts
+    /// (scores of two models are not averaged). `options` brings the new `max_batch`,
+    /// `ema_alpha` and `include_embedding`; `node` and `queue` stay. The receiver gets the new
+    /// model's id, or why the running model was kept (e.g. another input size).
+    pub fn swap(
+        &self,
+        model: LoadedModel,
+        options: &StageOptions,
+    ) -> Receiver<Result<ModelId, String>> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        let swap = Swap {
+            model,
+            max_batch: options.max_batch,
+            ema_alpha: options.ema_alpha,
+            include_embedding: options.include_embedding,
+            reply: reply.clone(),
+        };
+        if let Err(e) = self
+            .control
+            .send_timeout(Control::Swap(Box::new(swap)), SWAP_SEND_TIMEOUT)
+        {
+            let why = match e {
+                crossbeam_channel::SendTimeoutError::Timeout(_) => "the encoder is not responding",
+                crossbeam_channel::SendTimeoutError::Disconnected(_) => "the encoder has stopped",
+            };
+            let _ = reply.send(Err(why.to_owned()));
+        }
+        rx
     }
 
     /// Samples dropped because the encoder was behind.
@@ -259,12 +304,44 @@ impl Worker {
                     self.model.encoder.end_track(&key);
                     self.smoothing.remove(&key);
                 }
+                Ok(Control::Swap(swap)) => self.swap(*swap),
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             beat.beat();
             self.encode_batch();
         }
         self.encode_all_waiting();
+    }
+
+    /// Swaps in a reloaded model, or keeps the running one when the new one cannot take over.
+    fn swap(&mut self, swap: Swap) {
+        let Swap {
+            model,
+            max_batch,
+            ema_alpha,
+            include_embedding,
+            reply,
+        } = swap;
+        let LoadedModel {
+            encoder,
+            readout,
+            id,
+        } = model;
+        let tracks = self.model.encoder.tracks();
+        let outcome = match self.model.encoder.adopt(encoder, max_batch) {
+            Ok(()) => {
+                self.model.readout = readout;
+                self.model.id = id.clone();
+                self.smoothing.clear();
+                self.options.max_batch = max_batch;
+                self.options.ema_alpha = ema_alpha;
+                self.options.include_embedding = include_embedding;
+                debug!(tracks, model = %id.name, weights = %id.weights, "encoder swapped models");
+                Ok(id)
+            }
+            Err(e) => Err(format!("the running model was kept: {e}")),
+        };
+        let _ = reply.send(outcome);
     }
 
     fn encode_all_waiting(&mut self) {

@@ -79,6 +79,7 @@ impl Health {
 }
 
 /// systemd's notify socket, when the service runs under `Type=notify`.
+#[derive(Debug, Clone, Copy)]
 pub struct Systemd {
     watchdog: Option<Duration>,
 }
@@ -97,6 +98,14 @@ impl Systemd {
 
     pub fn ready(&self) {
         notify(&[sd_notify::NotifyState::Ready]);
+    }
+
+    /// `RELOADING=1` with the monotonic timestamp systemd 253+ requires; `ready` ends it.
+    pub fn reloading(&self) {
+        match sd_notify::NotifyState::monotonic_usec_now() {
+            Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now]),
+            Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
+        }
     }
 
     pub fn stopping(&self) {

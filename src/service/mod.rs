@@ -4,6 +4,7 @@ mod analytics;
 mod check;
 mod config;
 mod health;
+mod reload;
 mod run;
 mod signals;
 

@@ -1,17 +1,20 @@
 //! `affectd run`: start every stage, tell systemd when ready, feed its watchdog while the
-//! stages live, and shut down in order on SIGTERM.
+//! stages live, reload the model on SIGHUP, and shut down in order on SIGTERM.
 //!
 //! Threads own the heavy stages (one per camera in ingest, one for the analytics); the tokio
 //! runtime only runs MQTT, signals and timers.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
 
 use super::analytics::{Analytics, Pipeline};
 use super::health::{Health, Systemd};
+use super::reload::Reloader;
 use super::signals::{Signal, Signals};
 use crate::config::Config;
 use crate::detect::Detector;
@@ -20,19 +23,24 @@ use crate::model::{self, EncoderStage, StageOptions};
 use crate::publish;
 use crate::types::{CameraId, CameraState, CameraStatus};
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the daemon until SIGTERM or SIGINT. `path` is the file `config` was read from: SIGHUP
+/// re-reads it.
+pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("affectd-io")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(supervise(config))
+    let result = runtime.block_on(supervise(config, path));
+    // A reload cut short by shutdown may still be loading a model: do not wait for it.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
-async fn supervise(config: Config) -> anyhow::Result<()> {
+async fn supervise(config: Config, path: &Path) -> anyhow::Result<()> {
     let systemd = Systemd::from_env();
+    let mut reloader = Some(Reloader::new(path).context("cannot keep the config for reloads")?);
     let health = Health::new();
     let mut signals = Signals::new().context("cannot install signal handlers")?;
     let shutdown_timeout = Duration::from_secs_f64(config.service.shutdown_timeout_s);
@@ -90,6 +98,9 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
             .unwrap_or(Duration::from_secs(5)),
     );
     let mut stalled_before = Vec::new();
+    let reload_encoder = encoder.as_ref().map(EncoderStage::sender);
+    let mut reloading: Option<JoinHandle<Reloader>> = None;
+    let mut reload_again = false;
     loop {
         tokio::select! {
             () = &mut ready, if !ready_sent => {
@@ -106,11 +117,33 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
                 }
                 stalled_before = stalled;
             }
+            done = async { reloading.as_mut().expect("guarded by the select condition").await }, if reloading.is_some() => {
+                reloading = None;
+                match done {
+                    Ok(r) => reloader = Some(r),
+                    Err(e) => error!(error = %e, "the reload task failed; further reloads are disabled"),
+                }
+                if ready_sent {
+                    systemd.ready();
+                }
+                if std::mem::take(&mut reload_again) {
+                    reloading = start_reload(&mut reloader, reload_encoder.clone(), systemd, ready_sent);
+                }
+            }
             signal = signals.next() => match signal {
                 Signal::Shutdown => break,
-                Signal::Reload => info!("SIGHUP: nothing is reloadable yet; restart the service to apply config changes"),
+                Signal::Reload if reloading.is_some() => {
+                    reload_again = true;
+                    info!("SIGHUP during a reload: another reload follows this one");
+                }
+                Signal::Reload => {
+                    reloading = start_reload(&mut reloader, reload_encoder.clone(), systemd, ready_sent);
+                }
             },
         }
+    }
+    if let Some(task) = reloading {
+        task.abort();
     }
 
     let deadline = Instant::now() + shutdown_timeout;
@@ -135,6 +168,27 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     let _ = status_task.await;
     info!(mqtt = %report, "stopped");
     Ok(())
+}
+
+/// Starts a reload in its own task (the watchdog keeps being fed while a model loads), and
+/// tells systemd it is reloading once the service is up.
+fn start_reload(
+    reloader: &mut Option<Reloader>,
+    encoder: Option<crate::model::EncoderSender>,
+    systemd: Systemd,
+    ready_sent: bool,
+) -> Option<JoinHandle<Reloader>> {
+    let Some(mut r) = reloader.take() else {
+        warn!("SIGHUP ignored: reloads are disabled after a failed reload task");
+        return None;
+    };
+    if ready_sent {
+        systemd.reloading();
+    }
+    Some(tokio::spawn(async move {
+        r.reload(encoder.as_ref()).await;
+        r
+    }))
 }
 
 /// Resolves once every camera has left `starting` (streaming, or retrying after a failure)
