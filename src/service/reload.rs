@@ -105,6 +105,8 @@ impl Reloader {
             queue: model_cfg.queue,
             ema_alpha: config.readout.ema_alpha,
             include_embedding: model_cfg.include_embedding,
+            // A swap takes the model's own settings only; capture keeps running as it is.
+            capture: None,
         };
         let reply = encoder.swap(loaded, &options);
         let id = tokio::task::spawn_blocking(move || reply.recv_timeout(SWAP_TIMEOUT))
