@@ -395,3 +395,184 @@ fn demo_publishes_schema_valid_person_messages_for_the_people_walking() {
         }
     }
 }
+
+#[test]
+fn capture_stores_the_windows_the_encoder_saw_for_each_track() {
+    use affectd::capture::Dataset;
+    use affectd::model::{EmotionClip, EmotionClipConfig, preprocess};
+    use candle_core::Device;
+
+    let broker = Mosquitto::start();
+    let sub = Subscriber::new(&broker, &format!("affectd/{NODE}/walkway/person/#"));
+    let repo = env!("CARGO_MANIFEST_DIR");
+    // The tiny golden architecture (64 px, 8 frames), but with the CLIP tokenizer's
+    // vocabulary so that the read-out can embed the class descriptions (the golden text tower
+    // has 1000 tokens), and seeded random weights that this test rebuilds.
+    let arch_dir = tempfile::tempdir().unwrap();
+    let arch = arch_dir.path().join("tiny-49408.json");
+    let mut tiny: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("golden/emotionclip-tiny/config.json")).unwrap(),
+    )
+    .unwrap();
+    tiny["text_cfg"]["vocab_size"] = 49408.into();
+    std::fs::write(&arch, tiny.to_string()).unwrap();
+    let cameras = format!(
+        "[[camera]]\nid = \"walkway\"\nuri = \"file:{}\"\n",
+        fixture("vtest-10s.mp4").display()
+    );
+    let extra = format!(
+        r#"
+[detect]
+engine = "{repo}/engines/nanodet-m-416.toml"
+providers = ["cpu"]
+[window]
+stride = 1
+[model]
+allow_untrained = true
+seed = 7
+config = "{config}"
+name = "tiny"
+update_every = 4
+include_embedding = true
+[capture]
+dir = "dataset"
+every = 8
+"#,
+        config = arch.display(),
+    );
+    let mut daemon = Daemon::start(&config(&broker, &cameras, &extra));
+    let dir = daemon.dir.path().join("dataset");
+    let index = dir.join("index.jsonl");
+    let wanted = 10;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lines = || {
+        std::fs::read_to_string(&index)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    while lines() < wanted && Instant::now() < deadline {
+        assert!(daemon.is_running(), "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, _) = daemon.terminate(Duration::from_secs(6));
+    assert!(status.success(), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(log.contains("capture stopped"), "{log}");
+    for line in log.lines().filter(|l| l.contains("captur")) {
+        eprintln!("{line}");
+    }
+
+    let dataset = Dataset::open(&dir).unwrap();
+    let samples = dataset.samples();
+    assert!(samples.len() >= wanted, "{} samples:\n{log}", samples.len());
+    assert_eq!(dataset.skipped_lines(), 0);
+    assert!(dataset.orphans().is_empty());
+    let m = dataset.manifest();
+    assert_eq!(
+        (m.image_size, m.video_len, m.model.as_str()),
+        (64, 8, "tiny")
+    );
+
+    // Every captured window is the one a published message was computed from: re-encoding
+    // its stored crops in one piece gives the embedding the daemon published for it.
+    let cfg = EmotionClipConfig::from_json_file(&arch).unwrap();
+    let model = EmotionClip::random(&cfg, 7, &Device::Cpu).unwrap();
+    let messages: Vec<Value> = sub.messages().iter().map(json).collect();
+    let ms = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
+            .unwrap()
+            .timestamp_millis() as u64
+    };
+    let mut per_track: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+    let mut worst = 0.0f32;
+    for s in samples {
+        assert_eq!(s.camera, "walkway");
+        assert_eq!(s.frames.len(), 8);
+        assert_eq!(s.frame_size, [768, 576]);
+        let (first, last) = (s.frames[0].wall_ms, s.frames[7].wall_ms);
+        let published = messages
+            .iter()
+            .find(|v| {
+                v["track_id"] == s.track_id
+                    && ms(&v["window"]["start"]) == first
+                    && ms(&v["window"]["end"]) == last
+            })
+            .unwrap_or_else(|| panic!("no message for sample {s:?}"));
+        let crops = dataset.load(s).unwrap();
+        let inputs: Vec<_> = crops.iter().map(|c| c.input()).collect();
+        let (pixels, masks) = preprocess::stack(&inputs, &Device::Cpu).unwrap();
+        let video = model
+            .encode_video(
+                &pixels.reshape((1, 8, 3, 64, 64)).unwrap(),
+                &masks.reshape((1, 8, 64, 64)).unwrap(),
+            )
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+            .remove(0);
+        let sent: Vec<f32> = published["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(sent.len(), video.len());
+        let diff = sent
+            .iter()
+            .zip(&video)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-4, "sample {}: {diff}", s.id);
+        worst = worst.max(diff);
+        per_track
+            .entry(s.track_id)
+            .or_default()
+            .push(s.frames[0].seq);
+    }
+    eprintln!(
+        "{} samples of {} tracks; published vs re-encoded embeddings differ by <= {worst:e}",
+        samples.len(),
+        per_track.len()
+    );
+    // `check` sees the dataset fits; a model of another input size is refused at start-up,
+    // leaving the dataset as it was.
+    let config_path = daemon.dir.path().join("affectd.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_affectd"))
+        .args(["check", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    let line = format!(
+        "capture  ok    {}: {} samples of 64 px x 8 frames",
+        dir.display(),
+        samples.len()
+    );
+    assert!(report.contains(&line), "{report}");
+    tiny["vision_cfg"]["image_size"] = 32.into();
+    std::fs::write(&arch, tiny.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_affectd"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "error: cannot start [capture]: {}: the dataset holds 64 px x 8 frames",
+            dir.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(Dataset::open(&dir).unwrap().samples(), samples);
+    // `every = 8` with 8-frame windows: a track's captures do not overlap.
+    for (track, firsts) in &per_track {
+        for pair in firsts.windows(2) {
+            assert!(
+                pair[1] >= pair[0] + 8,
+                "track {track}: windows start at {firsts:?}"
+            );
+        }
+    }
+}

@@ -18,7 +18,9 @@ pub struct CaptureConfig {
     #[serde(default = "default_quota_mb")]
     pub quota_mb: u64,
     /// Capture one window of a track every this many sampled frames of that track
-    /// (`8` with 8-frame windows: consecutive captures do not overlap).
+    /// (`8` with 8-frame windows: consecutive captures do not overlap). Windows exist every
+    /// `[model] update_every` frames, so a capture happens at the first window at least this
+    /// many frames after the previous one.
     #[serde(default = "default_every")]
     pub every: usize,
     /// Windows waiting for the writer; beyond it new windows are dropped and counted (the

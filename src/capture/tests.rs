@@ -309,3 +309,53 @@ fn the_stage_writes_what_the_tap_sends_and_counts_drops() {
     let dataset = Dataset::open(dir.path()).unwrap();
     assert_eq!(dataset.samples().len() as u64, queued);
 }
+
+#[test]
+fn the_config_section_resolves_its_folder_against_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("affectd.toml");
+    let text = "[node]\nid = \"n\"\n[[camera]]\nid = \"cam\"\nuri = \"test:smpte\"\n\
+                [detect]\n[model]\nallow_untrained = true\n[capture]\ndir = \"data\"\n";
+    std::fs::write(&path, text).unwrap();
+    let config = crate::config::Config::load(&path).unwrap();
+    let capture = config.capture.unwrap();
+    assert_eq!(capture.dir, dir.path().join("data"));
+    assert_eq!(
+        (
+            capture.quota_mb,
+            capture.every,
+            capture.queue,
+            capture.enabled
+        ),
+        (2048, 8, 16, true)
+    );
+    assert_eq!(capture.quota_bytes(), 2048 << 20);
+}
+
+#[test]
+fn the_tap_captures_the_first_window_update_every_n_frames_of_a_track() {
+    let camera: CameraId = Arc::from("cam");
+    // Windows every 2 frames once full (frames 7, 9, 11, ...); captures at least 5 apart.
+    let mut live = LiveEncoder::new(tiny(), CropPolicy::SUBJECT_DEFAULT, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = CaptureConfig::new(dir.path());
+    cfg.every = 5;
+    let capture = Capture::start(&cfg, &manifest(64)).unwrap();
+    let mut tap = CaptureTap::new(capture.sender());
+    let mut queued = 0;
+    for n in 0..16 {
+        let batch = [sample(&camera, n)];
+        let updates = live.push(&batch).unwrap();
+        queued += tap.after_push(&batch, &updates, &live, "tiny");
+    }
+    tap.end_track(&(camera, 7));
+    capture.stop(Duration::from_secs(10));
+    assert_eq!(queued, 2);
+    let dataset = Dataset::open(dir.path()).unwrap();
+    let last_seqs: Vec<u64> = dataset
+        .samples()
+        .iter()
+        .map(|s| s.frames[7].seq - 100)
+        .collect();
+    assert_eq!(last_seqs, [7, 13]);
+}

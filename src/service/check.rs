@@ -52,8 +52,11 @@ pub fn check(config: &Config) -> CheckReport {
         ),
         Some(Err(e)) => report.fail("detect", e),
     }
-    if let Some(model) = &config.model {
-        check_model(&mut report, model);
+    if let Some(model) = &config.model
+        && let Some(arch) = check_model(&mut report, model)
+        && let Some(capture) = config.capture.as_ref().filter(|c| c.enabled)
+    {
+        check_capture(&mut report, capture, model, &arch);
     }
     for camera in config.enabled_cameras() {
         report.record(
@@ -91,13 +94,19 @@ pub fn check(config: &Config) -> CheckReport {
 }
 
 /// Opens the weights as `run` would (every key checked against the config) and says which
-/// weights will serve.
-fn check_model(report: &mut CheckReport, cfg: &crate::model::ModelConfig) {
+/// weights will serve. Returns the architecture when it could be read.
+fn check_model(
+    report: &mut CheckReport,
+    cfg: &crate::model::ModelConfig,
+) -> Option<crate::model::EmotionClipConfig> {
     use crate::model::{EmotionClip, EmotionClipConfig};
     let arch = match &cfg.config {
         Some(path) => match EmotionClipConfig::from_json_file(path) {
             Ok(arch) => arch,
-            Err(e) => return report.fail("model", e),
+            Err(e) => {
+                report.fail("model", e);
+                return None;
+            }
         },
         None => EmotionClipConfig::vit_b32(),
     };
@@ -119,5 +128,50 @@ fn check_model(report: &mut CheckReport, cfg: &crate::model::ModelConfig) {
                     .unwrap_or_default()
             ),
         ),
+    }
+    Some(arch)
+}
+
+/// Says whether the capture folder holds a dataset the model can add to (`run` refuses one
+/// of another shape) or will get a new one.
+fn check_capture(
+    report: &mut CheckReport,
+    cfg: &crate::capture::CaptureConfig,
+    model: &crate::model::ModelConfig,
+    arch: &crate::model::EmotionClipConfig,
+) {
+    use crate::capture::{CaptureError, Dataset, Manifest};
+    let wanted = Manifest::new(
+        arch.vision_cfg.image_size,
+        arch.temporal.video_len,
+        model.crop_policy(),
+        &model.name,
+    );
+    let dir = &cfg.dir;
+    if !dir.join(crate::capture::format::MANIFEST).exists() {
+        return report.ok(
+            "capture",
+            format!("{}: a new dataset of {}", dir.display(), wanted.shape()),
+        );
+    }
+    match Dataset::open(dir) {
+        Ok(d) if d.manifest().compatible(&wanted) => report.ok(
+            "capture",
+            format!(
+                "{}: {} samples of {}",
+                dir.display(),
+                d.samples().len(),
+                wanted.shape()
+            ),
+        ),
+        Ok(d) => report.fail(
+            "capture",
+            CaptureError::Mismatch {
+                dir: dir.clone(),
+                found: d.manifest().shape(),
+                wanted: wanted.shape(),
+            },
+        ),
+        Err(e) => report.fail("capture", e),
     }
 }
