@@ -6,6 +6,7 @@
 
 pub mod data;
 pub mod distill;
+pub mod distill_cli;
 pub mod loss;
 pub mod optim;
 mod plot;
