@@ -1,7 +1,8 @@
 //! affectd: per-person emotion and valence/arousal from camera streams, published over MQTT.
 //!
 //! The stages, in data-flow order: ingest -> detect -> track -> window -> model -> publish;
-//! `service` runs them, `config` and `types` are shared, `digest` names files by content.
+//! `service` runs them, `config` and `types` are shared, `digest` names files by content;
+//! `train` fits models on data captured on site.
 
 pub mod config;
 pub mod detect;
@@ -11,5 +12,6 @@ pub mod model;
 pub mod publish;
 pub mod service;
 pub mod track;
+pub mod train;
 pub mod types;
 pub mod window;

@@ -7,6 +7,7 @@ mod config;
 pub mod embed;
 mod emotionclip;
 mod error;
+mod heads_file;
 mod live;
 mod live_config;
 pub mod preprocess;
@@ -24,6 +25,7 @@ pub use config::{EmotionClipConfig, Fusion, TemporalConfig, TextConfig, VisionCo
 pub use embed::EmbedArgs;
 pub use emotionclip::{Backbone, EmotionClip, l2_normalize};
 pub use error::Error;
+pub use heads_file::{EmotionHead, HEADS_FORMAT, HeadsFile, VaHead};
 pub use live::{LiveEncoder, PersonSample, TrackKey, WindowFrames, WindowUpdate};
 pub use live_config::{Crop, ModelConfig, ModelDevice, ModelDtype};
 pub use readout::{Affect, Ema, Readout, ReadoutError};

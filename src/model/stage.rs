@@ -22,7 +22,8 @@ use super::readout::{Ema, Readout};
 use super::readout_config::ReadoutConfig;
 use super::{ClipTokenizer, EmotionClip, EmotionClipConfig, Error};
 use crate::publish::{
-    ModelId, PERSON_SCHEMA, PersonMessage, Publisher, WindowSpan, normalised_box,
+    ModelId, PERSON_SCHEMA, PersonMessage, Publisher, ReadoutSource, ScoresSource,
+    ValenceArousalSource, WindowSpan, normalised_box,
 };
 use crate::service::Beat;
 use crate::types::rfc3339;
@@ -95,6 +96,15 @@ pub fn load(cfg: &ModelConfig, readout: &ReadoutConfig) -> Result<LoadedModel, E
     })
     .map_err(|e| Error::invalid_config("readout", e.to_string()))?;
     let id = ModelId::new(cfg.name.clone(), digest.as_deref());
+    if let (_, Some(fitted_on)) = readout.heads_model()
+        && fitted_on != id.weights
+    {
+        warn!(
+            heads_fitted_on = fitted_on,
+            serving = %id.weights,
+            "the heads file was fitted on embeddings of other weights; its outputs are unreliable"
+        );
+    }
     let encoder = LiveEncoder::new(model, cfg.crop_policy(), cfg.update_every);
     Ok(LoadedModel {
         encoder,
@@ -328,6 +338,18 @@ impl Worker {
                 .collect(),
             valence: affect.valence,
             arousal: affect.arousal,
+            readout: ReadoutSource {
+                scores: if readout.has_emotion_head() {
+                    ScoresSource::Head
+                } else {
+                    ScoresSource::ZeroShot
+                },
+                valence_arousal: if readout.has_va_head() {
+                    ValenceArousalSource::Head
+                } else {
+                    ValenceArousalSource::Lexicon
+                },
+            },
             model: self.model.id.clone(),
             latency_ms,
             embedding: self

@@ -1,0 +1,3 @@
+//! Training on data captured on site: `affectd train ...`.
+
+pub mod heads;
