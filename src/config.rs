@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::capture::CaptureConfig;
 use crate::detect::DetectConfig;
 use crate::ingest::{CameraConfig, IngestConfig, Source};
 use crate::model::{ModelConfig, ReadoutConfig};
@@ -48,6 +49,9 @@ pub struct Config {
     /// Emotion classes and valence/arousal read-out.
     #[serde(default)]
     pub readout: ReadoutConfig,
+    /// On-site capture of encoder windows into a local dataset. Absent: nothing is captured.
+    #[serde(default)]
+    pub capture: Option<CaptureConfig>,
     /// Process supervision: shutdown and health.
     #[serde(default)]
     pub service: ServiceConfig,
@@ -164,6 +168,9 @@ impl Config {
         if let Some(model) = &mut self.model {
             model.resolve_paths(&base);
         }
+        if let Some(capture) = &mut self.capture {
+            capture.resolve_paths(&base);
+        }
     }
 
     /// Checks every section; the first problem found is returned.
@@ -201,6 +208,15 @@ impl Config {
             model.validate("model")?;
         }
         self.readout.validate("readout")?;
+        if let Some(capture) = &self.capture {
+            if self.model.is_none() {
+                return Err(ConfigError::invalid(
+                    "capture",
+                    "needs a [model] section: it stores the encoder's inputs",
+                ));
+            }
+            capture.validate("capture")?;
+        }
         self.service.validate("service")?;
         Ok(())
     }

@@ -21,6 +21,7 @@ use super::live_config::{ModelConfig, ModelDevice};
 use super::readout::{Ema, Readout};
 use super::readout_config::ReadoutConfig;
 use super::{ClipTokenizer, EmotionClip, EmotionClipConfig, Error};
+use crate::capture::{CaptureSender, CaptureTap};
 use crate::publish::{
     ModelId, PERSON_SCHEMA, PersonMessage, Publisher, ReadoutSource, ScoresSource,
     ValenceArousalSource, WindowSpan, normalised_box,
@@ -120,6 +121,8 @@ pub struct StageOptions {
     pub queue: usize,
     pub ema_alpha: f32,
     pub include_embedding: bool,
+    /// Where windows due for capture go (`[capture]`); `None`: no capture.
+    pub capture: Option<CaptureSender>,
 }
 
 /// The detector's side of the stage: never blocks on samples.
@@ -224,6 +227,7 @@ struct Worker {
     smoothing: HashMap<TrackKey, Ema>,
     batch: Vec<PersonSample>,
     failures: u64,
+    capture: Option<CaptureTap>,
 }
 
 impl Worker {
@@ -234,6 +238,7 @@ impl Worker {
         samples: Arc<ArrayQueue<PersonSample>>,
     ) -> Self {
         Self {
+            capture: options.capture.clone().map(CaptureTap::new),
             model,
             options,
             publisher,
@@ -263,6 +268,9 @@ impl Worker {
                     self.encode_all_waiting();
                     self.model.encoder.end_track(&key);
                     self.smoothing.remove(&key);
+                    if let Some(tap) = &mut self.capture {
+                        tap.end_track(&key);
+                    }
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -295,7 +303,13 @@ impl Worker {
         }
         let batch = std::mem::take(&mut self.batch);
         match self.model.encoder.push(&batch) {
-            Ok(updates) => updates.iter().for_each(|u| self.publish(u)),
+            Ok(updates) => {
+                if let Some(tap) = &mut self.capture {
+                    let model = &self.model;
+                    tap.after_push(&batch, &updates, &model.encoder, &model.id.name);
+                }
+                updates.iter().for_each(|u| self.publish(u));
+            }
             Err(e) => {
                 self.failures += 1;
                 if self.failures.is_power_of_two() {

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::analytics::{Analytics, Pipeline};
 use super::health::{Health, Systemd};
 use super::signals::{Signal, Signals};
+use crate::capture::{Capture, Manifest};
 use crate::config::Config;
 use crate::detect::Detector;
 use crate::ingest::Ingest;
@@ -46,17 +47,30 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     );
     let mqtt = publish::start(&config.mqtt, &config.node.id).context("cannot start MQTT")?;
     // Engines load before any camera starts: a bad model file fails here, not mid-stream.
+    let mut capture = None;
     let encoder = match &config.model {
         Some(model_cfg) => {
             let loaded =
                 model::load(model_cfg, &config.readout).context("cannot load the model")?;
             info!(model = %loaded.id.name, weights = %loaded.id.weights, "model ready");
+            if let Some(capture_cfg) = config.capture.as_ref().filter(|c| c.enabled) {
+                let model = loaded.encoder.model();
+                let manifest = Manifest::new(
+                    model.config().vision_cfg.image_size,
+                    model.video_len(),
+                    model_cfg.crop_policy(),
+                    &loaded.id.name,
+                );
+                capture =
+                    Some(Capture::start(capture_cfg, &manifest).context("cannot start [capture]")?);
+            }
             let options = StageOptions {
                 node: config.node.id.clone(),
                 max_batch: model_cfg.max_batch,
                 queue: model_cfg.queue,
                 ema_alpha: config.readout.ema_alpha,
                 include_embedding: model_cfg.include_embedding,
+                capture: capture.as_ref().map(Capture::sender),
             };
             Some(
                 EncoderStage::spawn(loaded, options, mqtt.clone(), health.register("encoder"))
@@ -130,6 +144,12 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || encoder.stop(budget))
             .await
             .context("encoder shutdown panicked")?;
+    }
+    if let Some(capture) = capture {
+        let budget = left(deadline).mul_f64(0.5);
+        tokio::task::spawn_blocking(move || capture.stop(budget))
+            .await
+            .context("capture shutdown panicked")?;
     }
     let report = mqtt.shutdown(left(deadline)).await;
     let _ = status_task.await;
