@@ -58,7 +58,7 @@ impl HeadsFile {
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| e.to_string())?;
         let meta = header.metadata().clone().unwrap_or_default();
         let names = st.names();
-        let has = |name: &str| names.iter().any(|n| *n == name);
+        let has = |name: &str| names.contains(&name);
         let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
             let t = st
                 .tensor(name)

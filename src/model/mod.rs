@@ -30,5 +30,5 @@ pub use live::{LiveEncoder, PersonSample, TrackKey, WindowFrames, WindowUpdate};
 pub use live_config::{Crop, ModelConfig, ModelDevice, ModelDtype};
 pub use readout::{Affect, Ema, Readout, ReadoutError};
 pub use readout_config::{EmotionClass, ReadoutConfig, default_classes};
-pub use stage::{EncoderSender, EncoderStage, LoadedModel, StageOptions, load};
+pub use stage::{EncoderSender, EncoderStage, LoadedModel, StageOptions, load, load_encoder};
 pub use tokenizer::ClipTokenizer;

@@ -51,39 +51,10 @@ pub struct LoadedModel {
 /// Loads the configured weights (or the seeded random ones) and computes the class text
 /// embeddings once.
 pub fn load(cfg: &ModelConfig, readout: &ReadoutConfig) -> Result<LoadedModel, Error> {
-    let device = match cfg.device {
-        ModelDevice::Cpu => Device::Cpu,
-        ModelDevice::Cuda => Device::new_cuda(0)?,
-    };
-    let arch = match &cfg.config {
-        Some(path) => EmotionClipConfig::from_json_file(path)?,
-        None => EmotionClipConfig::vit_b32(),
-    };
-    let (model, digest) = match cfg.weights_to_load() {
-        Some(path) => {
-            let digest = crate::digest::sha256_file(path).map_err(|source| Error::Io {
-                path: path.to_owned(),
-                source,
-            })?;
-            info!(weights = %path.display(), sha256 = %digest, "loading EmotionCLIP weights");
-            (
-                EmotionClip::load_as(path, &arch, &device, cfg.dtype.dtype())?,
-                Some(digest),
-            )
-        }
-        None => {
-            warn!(
-                seed = cfg.seed,
-                weights = ?cfg.weights,
-                "UNTRAINED MODEL: no EmotionCLIP weights file, running seeded random weights. \
-                 Emotion scores and valence/arousal are meaningless; every message says \
-                 \"untrained\". Put the official release at [model] weights for real results."
-            );
-            (EmotionClip::random(&arch, cfg.seed, &device)?, None)
-        }
-    };
+    let (model, digest) = load_encoder(cfg)?;
+    let device = model.device().clone();
     let tokenizer = ClipTokenizer::new();
-    let vocab = arch.text_cfg.vocab_size;
+    let vocab = model.config().text_cfg.vocab_size;
     let readout = Readout::build(readout, model.logit_scale_exp()?, |texts| {
         let tokens = tokenizer.tokenize_batch(texts, &device)?;
         let max = tokens.max_all()?.to_scalar::<i64>()?;
@@ -112,6 +83,43 @@ pub fn load(cfg: &ModelConfig, readout: &ReadoutConfig) -> Result<LoadedModel, E
         readout,
         id,
     })
+}
+
+/// The configured EmotionCLIP (or the seeded random one) and the sha256 of its weights file
+/// (`None` for random weights), without the read-out: what [`load`] and `affectd train`
+/// share.
+pub fn load_encoder(cfg: &ModelConfig) -> Result<(EmotionClip, Option<String>), Error> {
+    let device = match cfg.device {
+        ModelDevice::Cpu => Device::Cpu,
+        ModelDevice::Cuda => Device::new_cuda(0)?,
+    };
+    let arch = match &cfg.config {
+        Some(path) => EmotionClipConfig::from_json_file(path)?,
+        None => EmotionClipConfig::vit_b32(),
+    };
+    match cfg.weights_to_load() {
+        Some(path) => {
+            let digest = crate::digest::sha256_file(path).map_err(|source| Error::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+            info!(weights = %path.display(), sha256 = %digest, "loading EmotionCLIP weights");
+            Ok((
+                EmotionClip::load_as(path, &arch, &device, cfg.dtype.dtype())?,
+                Some(digest),
+            ))
+        }
+        None => {
+            warn!(
+                seed = cfg.seed,
+                weights = ?cfg.weights,
+                "UNTRAINED MODEL: no EmotionCLIP weights file, running seeded random weights. \
+                 Emotion scores and valence/arousal are meaningless; every message says \
+                 \"untrained\". Put the official release at [model] weights for real results."
+            );
+            Ok((EmotionClip::random(&arch, cfg.seed, &device)?, None))
+        }
+    }
 }
 
 /// Where the stage publishes and how.

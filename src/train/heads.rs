@@ -15,6 +15,8 @@
 //!   then refitted on training + validation with the chosen hyperparameters.
 //! - Deterministic: the same data, labels and seed give the same file.
 
+mod cli;
+mod embed;
 pub mod labels;
 mod linalg;
 mod logistic;
@@ -31,6 +33,9 @@ use crate::model::{EmotionHead, HeadsFile, VaHead};
 use linalg::{Matrix, Standardiser};
 use logistic::{Logistic, Stop};
 use ridge::NormalEquations;
+
+pub use cli::{HeadsError, run};
+pub use embed::{EmbedError, embed_samples};
 
 /// Default logistic-regression penalties tried (on standardised features, mean loss).
 pub const L2_GRID: [f64; 6] = [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0];
@@ -62,10 +67,10 @@ pub struct HeadsArgs {
     #[arg(long, default_value_t = 0.2, value_parser = fraction)]
     pub val_fraction: f64,
     /// Fix the logistic-regression L2 penalty instead of choosing it on validation.
-    #[arg(long)]
+    #[arg(long, value_parser = penalty)]
     pub l2: Option<f64>,
     /// Fix the ridge penalty (valence and arousal) instead of choosing it on validation.
-    #[arg(long)]
+    #[arg(long, value_parser = penalty)]
     pub ridge: Option<f64>,
     /// Leave out labels whose sample is not in the dataset (default: refuse).
     #[arg(long)]
@@ -76,6 +81,13 @@ fn fraction(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
         _ => Err(format!("`{s}` is not a fraction strictly between 0 and 1")),
+    }
+}
+
+fn penalty(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("`{s}` is not a positive number")),
     }
 }
 
