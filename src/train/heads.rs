@@ -1,6 +1,6 @@
 //! `affectd train heads`: linear heads on frozen EmotionCLIP video embeddings.
 //!
-//! The EmotionCLIP paper's linear-probe protocol (Zhang et al., CVPR 2023, Sec. 4.2, after
+//! The EmotionCLIP paper's linear-probe protocol (Zhang et al., CVPR 2023, after
 //! CLIP): the encoder stays frozen, a multinomial logistic regression with an L2 penalty
 //! predicts the emotion class, a ridge regression predicts valence and arousal, and the
 //! regularisation strength is chosen on a validation split.
