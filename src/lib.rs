@@ -2,7 +2,7 @@
 //!
 //! The stages, in data-flow order: ingest -> detect -> track -> window -> model -> publish;
 //! `capture` stores windows for training, `service` runs them, `config` and `types` are
-//! shared, `digest` names files by content.
+//! shared, `digest` names files by content; `train` fits models on captured data.
 
 pub mod capture;
 pub mod config;

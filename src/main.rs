@@ -28,6 +28,18 @@ enum Command {
     Embed(affectd::model::EmbedArgs),
     /// Run the person detector (and with --track the tracker) on an image or a video file.
     Detect(affectd::detect::DetectArgs),
+    /// Fit models on windows captured on site (`[capture]`).
+    Train {
+        #[command(subcommand)]
+        what: Train,
+    },
+}
+
+#[derive(Subcommand)]
+enum Train {
+    /// Fit linear emotion and valence/arousal heads on the served model's video embeddings
+    /// of labelled captured windows; write them for `[readout] heads_file`.
+    Heads(affectd::train::heads::HeadsArgs),
 }
 
 #[derive(clap::Args)]
@@ -73,6 +85,15 @@ fn main() -> ExitCode {
         Command::Detect(args) => affectd::detect::cli::run(args).map_err(|e| match e {
             affectd::detect::Error::Config(e) => Failure::from(e),
             e => Failure::Runtime(e.into()),
+        }),
+        Command::Train {
+            what: Train::Heads(args),
+        } => affectd::train::heads::run(args).map_err(|e| {
+            if e.is_usage() {
+                Failure::Usage(e.into())
+            } else {
+                Failure::Runtime(e.into())
+            }
         }),
     };
     match result {

@@ -7,6 +7,7 @@ mod config;
 pub mod embed;
 mod emotionclip;
 mod error;
+mod heads_file;
 mod live;
 mod live_config;
 pub mod preprocess;
@@ -24,9 +25,12 @@ pub use config::{EmotionClipConfig, Fusion, TemporalConfig, TextConfig, VisionCo
 pub use embed::EmbedArgs;
 pub use emotionclip::{Backbone, EmotionClip, l2_normalize};
 pub use error::Error;
+pub use heads_file::{EmotionHead, HEADS_FORMAT, HeadsFile, VaHead};
 pub use live::{LiveEncoder, PersonSample, TrackKey, WindowFrames, WindowUpdate};
 pub use live_config::{Crop, ModelConfig, ModelDevice, ModelDtype};
 pub use readout::{Affect, Ema, Readout, ReadoutError};
 pub use readout_config::{EmotionClass, ReadoutConfig, default_classes};
-pub use stage::{EncoderSender, EncoderStage, LoadedModel, StageOptions, build_readout, load};
+pub use stage::{
+    EncoderSender, EncoderStage, LoadedModel, StageOptions, build_readout, load, load_encoder,
+};
 pub use tokenizer::ClipTokenizer;

@@ -3,17 +3,23 @@
 //! Scores are zero-shot, as in EmoCLIP: softmax over classes of `logit_scale * cos(video,
 //! class)`, where a class embedding is the mean of its descriptions' text embeddings and a
 //! compound class the mean of its components' *un-normalised* embeddings (EmoCLIP Sec. III-C).
-//! Valence/arousal is the probability-weighted mean of the classes' circumplex coordinates,
-//! or the output of a linear head fitted on site when a heads file is configured.
+//! Valence/arousal is the probability-weighted mean of the classes' circumplex coordinates
+//! (the lexicon).
+//!
+//! A heads file fitted on site (`affectd train heads`, see [`super::heads_file`]) replaces
+//! either part: its emotion head gives the scores (softmax of `W x + b` on the raw embedding,
+//! over the head's own classes), its valence/arousal head the coordinates (`W x + b`, clamped
+//! to [-1, 1]). With an emotion head but no valence/arousal head, the lexicon weighs the
+//! head's scores when every head class is a configured class (for its coordinates), and the
+//! zero-shot scores otherwise.
 
-use std::path::Path;
-
+use super::heads_file::{EmotionHead, HeadsFile, VaHead};
 use super::readout_config::{EmotionClass, ReadoutConfig};
 
 /// What the read-out says about one window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Affect {
-    /// Class probabilities, in the configured class order; they sum to 1.
+    /// Class probabilities in [`Readout::names`] order; they sum to 1.
     pub scores: Vec<f32>,
     pub valence: f32,
     pub arousal: f32,
@@ -28,24 +34,23 @@ pub enum ReadoutError {
     Heads { path: String, problem: String },
 }
 
-/// A linear valence/arousal head: `tanh`-free, clamped to [-1, 1].
-#[derive(Debug, Clone)]
-struct LinearHead {
-    /// Row-major [2, dim]: valence row, arousal row.
-    weight: Vec<f32>,
-    bias: [f32; 2],
-}
-
-/// The zero-shot classifier with its class embeddings computed once at start.
+/// The zero-shot classifier with its class embeddings computed once at start, and the
+/// fitted heads when configured.
 #[derive(Debug, Clone)]
 pub struct Readout {
+    /// Configured (zero-shot) class names.
     names: Vec<String>,
     /// L2-normalised class embeddings, row-major [classes, dim].
     classes: Vec<f32>,
     dim: usize,
     logit_scale: f32,
     coordinates: Vec<[f32; 2]>,
-    head: Option<LinearHead>,
+    va_head: Option<VaHead>,
+    emotion_head: Option<EmotionHead>,
+    /// Lexicon coordinates of the emotion head's classes, when all are configured classes.
+    head_coordinates: Option<Vec<[f32; 2]>>,
+    /// `model.name` and `model.weights` recorded in the heads file.
+    heads_model: (Option<String>, Option<String>),
 }
 
 impl Readout {
@@ -120,23 +125,39 @@ impl Readout {
             classes.extend(normalised(&embedding));
             coordinates.push(coords);
         }
-        let head = match &cfg.heads_file {
-            Some(path) => Some(load_head(path, dim)?),
-            None => None,
+        let heads = match &cfg.heads_file {
+            Some(path) => HeadsFile::read(path, dim).map_err(|problem| ReadoutError::Heads {
+                path: path.display().to_string(),
+                problem,
+            })?,
+            None => HeadsFile::default(),
         };
+        let head_coordinates = heads.emotion.as_ref().and_then(|h| {
+            h.classes
+                .iter()
+                .map(|c| names.iter().position(|n| n == c).map(|i| coordinates[i]))
+                .collect()
+        });
         Ok(Readout {
             names,
             classes,
             dim,
             logit_scale,
             coordinates,
-            head,
+            va_head: heads.valence_arousal,
+            emotion_head: heads.emotion,
+            head_coordinates,
+            heads_model: (heads.model_name, heads.model_weights),
         })
     }
 
-    /// Class names in score order.
+    /// Class names in score order: the emotion head's classes when it is present, the
+    /// configured classes otherwise.
     pub fn names(&self) -> &[String] {
-        &self.names
+        match &self.emotion_head {
+            Some(h) => &h.classes,
+            None => &self.names,
+        }
     }
 
     /// The L2-normalised class embeddings, row-major [classes, dim], and the multiplier
@@ -146,14 +167,24 @@ impl Readout {
     }
 
     /// Whether valence/arousal come from a fitted head rather than the lexicon.
-    pub fn has_head(&self) -> bool {
-        self.head.is_some()
+    pub fn has_va_head(&self) -> bool {
+        self.va_head.is_some()
+    }
+
+    /// Whether the scores come from a fitted emotion head rather than zero-shot.
+    pub fn has_emotion_head(&self) -> bool {
+        self.emotion_head.is_some()
+    }
+
+    /// The encoder name and weights identity recorded in the heads file, if any.
+    pub fn heads_model(&self) -> (Option<&str>, Option<&str>) {
+        (self.heads_model.0.as_deref(), self.heads_model.1.as_deref())
     }
 
     /// Reads one (un-normalised) video embedding. A wrong length or a non-finite embedding
     /// gives uniform scores and neutral valence/arousal rather than NaN.
     pub fn read(&self, video: &[f32]) -> Affect {
-        let k = self.names.len();
+        let k = self.names().len();
         if video.len() != self.dim || video.iter().any(|v| !v.is_finite()) {
             return Affect {
                 scores: vec![1.0 / k as f32; k],
@@ -161,14 +192,28 @@ impl Readout {
                 arousal: 0.0,
             };
         }
-        let unit = normalised(video);
-        let logits: Vec<f32> = self
-            .classes
-            .chunks_exact(self.dim)
-            .map(|c| self.logit_scale * dot(c, &unit))
-            .collect();
-        let scores = softmax(&logits);
-        let [valence, arousal] = match &self.head {
+        let zero_shot = || {
+            let unit = normalised(video);
+            let logits: Vec<f32> = self
+                .classes
+                .chunks_exact(self.dim)
+                .map(|c| self.logit_scale * dot(c, &unit))
+                .collect();
+            softmax(&logits)
+        };
+        let scores = match &self.emotion_head {
+            Some(head) => {
+                let logits: Vec<f32> = head
+                    .weight
+                    .chunks_exact(self.dim)
+                    .zip(&head.bias)
+                    .map(|(w, b)| dot(w, video) + b)
+                    .collect();
+                softmax(&logits)
+            }
+            None => zero_shot(),
+        };
+        let [valence, arousal] = match &self.va_head {
             Some(head) => {
                 let (v, a) = head.weight.split_at(self.dim);
                 [
@@ -176,13 +221,16 @@ impl Readout {
                     (dot(a, video) + head.bias[1]).clamp(-1.0, 1.0),
                 ]
             }
-            None => self
-                .coordinates
-                .iter()
-                .zip(&scores)
-                .fold([0.0, 0.0], |acc, (c, p)| {
+            None => {
+                let (probs, coords) = match (&self.emotion_head, &self.head_coordinates) {
+                    (Some(_), Some(coords)) => (scores.clone(), coords.as_slice()),
+                    (Some(_), None) => (zero_shot(), self.coordinates.as_slice()),
+                    (None, _) => (scores.clone(), self.coordinates.as_slice()),
+                };
+                coords.iter().zip(&probs).fold([0.0, 0.0], |acc, (c, p)| {
                     [acc[0] + p * c[0], acc[1] + p * c[1]]
-                }),
+                })
+            }
         };
         Affect {
             scores,
@@ -233,37 +281,6 @@ impl Ema {
         self.state = Some(next.clone());
         next
     }
-}
-
-fn load_head(path: &Path, dim: usize) -> Result<LinearHead, ReadoutError> {
-    let err = |problem: String| ReadoutError::Heads {
-        path: path.display().to_string(),
-        problem,
-    };
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
-    let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>, ReadoutError> {
-        let t = st
-            .tensor(name)
-            .map_err(|_| err(format!("missing tensor `{name}`")))?;
-        if t.dtype() != safetensors::Dtype::F32 || t.shape() != shape {
-            return Err(err(format!(
-                "`{name}` is {:?} {:?}, expected F32 {shape:?}",
-                t.dtype(),
-                t.shape()
-            )));
-        }
-        Ok(t.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
-    };
-    let weight = read("valence_arousal.weight", &[2, dim])?;
-    let bias = read("valence_arousal.bias", &[2])?;
-    Ok(LinearHead {
-        weight,
-        bias: [bias[0], bias[1]],
-    })
 }
 
 fn mean(rows: &[&Vec<f32>], dim: usize) -> Vec<f32> {
@@ -413,7 +430,7 @@ mod tests {
         let mut cfg = config();
         cfg.heads_file = Some(path);
         let r = Readout::build(&cfg, 100.0, axes).unwrap();
-        assert!(r.has_head());
+        assert!(r.has_va_head() && !r.has_emotion_head());
         let a = r.read(&[1.0, 0.0, 1.0]);
         assert!((a.valence - 0.6).abs() < 1e-6);
         assert_eq!(a.arousal, -1.0, "clamped");

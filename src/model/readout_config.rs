@@ -22,7 +22,8 @@ pub struct ReadoutConfig {
     #[serde(default = "default_ema_alpha")]
     pub ema_alpha: f32,
     /// Heads fitted on site by `affectd train heads` (safetensors). When present, its
-    /// valence/arousal head replaces the lexicon mapping.
+    /// emotion head replaces the zero-shot scores (and `class` names) and its
+    /// valence/arousal head the lexicon mapping; either may be absent from the file.
     #[serde(default)]
     pub heads_file: Option<PathBuf>,
     /// The emotion classes, zero-shot from their descriptions. Absent: the eleven defaults

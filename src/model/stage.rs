@@ -23,7 +23,8 @@ use super::readout_config::ReadoutConfig;
 use super::{ClipTokenizer, EmotionClip, EmotionClipConfig, Error};
 use crate::capture::{CaptureSender, CaptureTap};
 use crate::publish::{
-    ModelId, PERSON_SCHEMA, PersonMessage, Publisher, WindowSpan, normalised_box,
+    ModelId, PERSON_SCHEMA, PersonMessage, Publisher, ReadoutSource, ScoresSource,
+    ValenceArousalSource, WindowSpan, normalised_box,
 };
 use crate::service::Beat;
 use crate::types::rfc3339;
@@ -63,39 +64,18 @@ pub struct LoadedModel {
 /// Loads the configured weights (or the seeded random ones) and computes the class text
 /// embeddings once.
 pub fn load(cfg: &ModelConfig, readout: &ReadoutConfig) -> Result<LoadedModel, Error> {
-    let device = match cfg.device {
-        ModelDevice::Cpu => Device::Cpu,
-        ModelDevice::Cuda => Device::new_cuda(0)?,
-    };
-    let arch = match &cfg.config {
-        Some(path) => EmotionClipConfig::from_json_file(path)?,
-        None => EmotionClipConfig::vit_b32(),
-    };
-    let (model, digest) = match cfg.weights_to_load() {
-        Some(path) => {
-            let digest = crate::digest::sha256_file(path).map_err(|source| Error::Io {
-                path: path.to_owned(),
-                source,
-            })?;
-            info!(weights = %path.display(), sha256 = %digest, "loading EmotionCLIP weights");
-            (
-                EmotionClip::load_as(path, &arch, &device, cfg.dtype.dtype())?,
-                Some(digest),
-            )
-        }
-        None => {
-            warn!(
-                seed = cfg.seed,
-                weights = ?cfg.weights,
-                "UNTRAINED MODEL: no EmotionCLIP weights file, running seeded random weights. \
-                 Emotion scores and valence/arousal are meaningless; every message says \
-                 \"untrained\". Put the official release at [model] weights for real results."
-            );
-            (EmotionClip::random(&arch, cfg.seed, &device)?, None)
-        }
-    };
+    let (model, digest) = load_encoder(cfg)?;
     let readout = build_readout(&model, readout)?;
     let id = ModelId::new(cfg.name.clone(), digest.as_deref());
+    if let (_, Some(fitted_on)) = readout.heads_model()
+        && fitted_on != id.weights
+    {
+        warn!(
+            heads_fitted_on = fitted_on,
+            serving = %id.weights,
+            "the heads file was fitted on embeddings of other weights; its outputs are unreliable"
+        );
+    }
     let encoder = LiveEncoder::new(model, cfg.crop_policy(), cfg.update_every);
     Ok(LoadedModel {
         encoder,
@@ -120,6 +100,43 @@ pub fn build_readout(model: &EmotionClip, cfg: &ReadoutConfig) -> Result<Readout
             .to_vec2::<f32>()
     })
     .map_err(|e| Error::invalid_config("readout", e.to_string()))
+}
+
+/// The configured EmotionCLIP (or the seeded random one) and the sha256 of its weights file
+/// (`None` for random weights), without the read-out: what [`load`] and `affectd train`
+/// share.
+pub fn load_encoder(cfg: &ModelConfig) -> Result<(EmotionClip, Option<String>), Error> {
+    let device = match cfg.device {
+        ModelDevice::Cpu => Device::Cpu,
+        ModelDevice::Cuda => Device::new_cuda(0)?,
+    };
+    let arch = match &cfg.config {
+        Some(path) => EmotionClipConfig::from_json_file(path)?,
+        None => EmotionClipConfig::vit_b32(),
+    };
+    match cfg.weights_to_load() {
+        Some(path) => {
+            let digest = crate::digest::sha256_file(path).map_err(|source| Error::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+            info!(weights = %path.display(), sha256 = %digest, "loading EmotionCLIP weights");
+            Ok((
+                EmotionClip::load_as(path, &arch, &device, cfg.dtype.dtype())?,
+                Some(digest),
+            ))
+        }
+        None => {
+            warn!(
+                seed = cfg.seed,
+                weights = ?cfg.weights,
+                "UNTRAINED MODEL: no EmotionCLIP weights file, running seeded random weights. \
+                 Emotion scores and valence/arousal are meaningless; every message says \
+                 \"untrained\". Put the official release at [model] weights for real results."
+            );
+            Ok((EmotionClip::random(&arch, cfg.seed, &device)?, None))
+        }
+    }
 }
 
 /// Where the stage publishes and how.
@@ -424,6 +441,18 @@ impl Worker {
                 .collect(),
             valence: affect.valence,
             arousal: affect.arousal,
+            readout: ReadoutSource {
+                scores: if readout.has_emotion_head() {
+                    ScoresSource::Head
+                } else {
+                    ScoresSource::ZeroShot
+                },
+                valence_arousal: if readout.has_va_head() {
+                    ValenceArousalSource::Head
+                } else {
+                    ValenceArousalSource::Lexicon
+                },
+            },
             model: self.model.id.clone(),
             latency_ms,
             embedding: self

@@ -15,8 +15,8 @@ mod topics;
 
 pub use config::{MqttConfig, TlsConfig};
 pub use payload::{
-    ModelId, PERSON_SCHEMA, PersonMessage, TRACK_SCHEMA, TrackEvent, TrackEventKind, WindowSpan,
-    normalised_box,
+    ModelId, PERSON_SCHEMA, PersonMessage, ReadoutSource, ScoresSource, TRACK_SCHEMA, TrackEvent,
+    TrackEventKind, ValenceArousalSource, WindowSpan, normalised_box,
 };
 pub use probe::{ProbeError, probe};
 pub use publisher::{

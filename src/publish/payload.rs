@@ -31,6 +31,8 @@ pub struct PersonMessage {
     pub scores: BTreeMap<String, f32>,
     pub valence: f32,
     pub arousal: f32,
+    /// Where `scores` and `valence`/`arousal` come from.
+    pub readout: ReadoutSource,
     pub model: ModelId,
     pub latency_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -53,6 +55,34 @@ impl WindowSpan {
             frames,
         }
     }
+}
+
+/// Where a message's numbers come from: zero-shot scores or a fitted emotion head;
+/// valence/arousal from the lexicon (class coordinates weighted by scores) or a fitted head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ReadoutSource {
+    pub scores: ScoresSource,
+    pub valence_arousal: ValenceArousalSource,
+}
+
+/// `readout.scores`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScoresSource {
+    /// Cosine similarity to the configured classes' text embeddings.
+    ZeroShot,
+    /// The emotion head of `[readout] heads_file`; the classes are the head's.
+    Head,
+}
+
+/// `readout.valence_arousal`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ValenceArousalSource {
+    /// The classes' circumplex coordinates weighted by their probabilities.
+    Lexicon,
+    /// The valence/arousal head of `[readout] heads_file`.
+    Head,
 }
 
 /// Which model produced a result: a name and the weights' digest, or `untrained`.
@@ -133,6 +163,10 @@ mod tests {
             scores: [("neutral".to_owned(), 0.7), ("happiness".to_owned(), 0.3)].into(),
             valence: 0.1,
             arousal: -0.2,
+            readout: ReadoutSource {
+                scores: ScoresSource::ZeroShot,
+                valence_arousal: ValenceArousalSource::Lexicon,
+            },
             model: ModelId::new("emotionclip-vitb32", None),
             latency_ms: 42.5,
             embedding: None,
@@ -146,6 +180,15 @@ mod tests {
         assert!(v.is_valid(&json), "{:?}", v.validate(&json).err());
         assert_eq!(json["box"][3], 1.0, "clamped to the frame");
         assert_eq!(json["model"]["weights"], "untrained");
+        assert_eq!(json["readout"]["scores"], "zero-shot");
+
+        let mut head = json.clone();
+        head["readout"]["scores"] = "head".into();
+        head["readout"]["valence_arousal"] = "head".into();
+        assert!(v.is_valid(&head));
+        let mut unknown = json.clone();
+        unknown["readout"]["scores"] = "guess".into();
+        assert!(!v.is_valid(&unknown));
 
         let mut bad = json.clone();
         bad["valence"] = 1.5.into();

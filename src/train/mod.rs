@@ -7,6 +7,7 @@
 pub mod data;
 pub mod distill;
 pub mod distill_cli;
+pub mod heads;
 pub mod loss;
 pub mod optim;
 mod plot;
