@@ -40,6 +40,9 @@ enum Train {
     /// Fit linear emotion and valence/arousal heads on the served model's video embeddings
     /// of labelled captured windows; write them for `[readout] heads_file`.
     Heads(affectd::train::heads::HeadsArgs),
+    /// Distil a smaller, faster student encoder from the full EmotionCLIP (the teacher) on
+    /// captured windows; write it for `[model] weights`/`config`, with a report.
+    Distill(affectd::train::distill_cli::DistillArgs),
 }
 
 #[derive(clap::Args)]
@@ -85,6 +88,12 @@ fn main() -> ExitCode {
         Command::Detect(args) => affectd::detect::cli::run(args).map_err(|e| match e {
             affectd::detect::Error::Config(e) => Failure::from(e),
             e => Failure::Runtime(e.into()),
+        }),
+        Command::Train {
+            what: Train::Distill(args),
+        } => affectd::train::distill_cli::run(args).map_err(|e| match e {
+            affectd::train::distill_cli::DistillError::Usage(e) => Failure::Usage(e),
+            affectd::train::distill_cli::DistillError::Runtime(e) => Failure::Runtime(e),
         }),
         Command::Train {
             what: Train::Heads(args),

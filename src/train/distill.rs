@@ -282,29 +282,27 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Restores the checkpoint in OUT when it is of this run; `None` when it is of another
+    /// (different settings, teacher or data: e.g. the nightly run after new captures).
     fn restore_checkpoint(
         &self,
         student: &Student,
         opt: &mut AdamW,
         fingerprint: &str,
-    ) -> anyhow::Result<RunState> {
+    ) -> anyhow::Result<Option<RunState>> {
         let dir = self.paths.checkpoint();
         let text = std::fs::read_to_string(dir.join("state.json"))
             .with_context(|| format!("--resume: reading {}", dir.join("state.json").display()))?;
         let state: RunState = serde_json::from_str(&text).context("--resume: state.json")?;
         if state.fingerprint != fingerprint {
-            bail!(
-                "--resume: the checkpoint in {} is of another run (different settings, teacher \
-                 or data); resume with the same arguments or use a new --out",
-                dir.display()
-            )
+            return Ok(None);
         }
         let device = student.model.device();
         let params = candle_core::safetensors::load(dir.join("params.safetensors"), device)?;
         student.params.restore(&params.into_iter().collect())?;
         let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), device)?;
         opt.restore(&moments.into_iter().collect(), state.step as u64)?;
-        Ok(state)
+        Ok(Some(state))
     }
 
     /// Runs (or resumes) the distillation.
@@ -371,29 +369,43 @@ impl Run<'_> {
         let zero_shot = ZeroShot::new(&self.teacher.readout, &device)?;
         let fingerprint = fingerprint(settings, self.teacher, self.source);
 
-        let mut state = if self.resume && self.paths.checkpoint().join("state.json").exists() {
-            let s = self.restore_checkpoint(&student, &mut opt, &fingerprint)?;
-            info!(step = s.step, "resumed from checkpoint");
-            s
-        } else {
-            if self.paths.checkpoint().exists() && !self.resume {
-                bail!(
-                    "{} holds a checkpoint of an earlier run: pass --resume to continue it, or \
-                     choose another --out",
+        let has_checkpoint = self.paths.checkpoint().join("state.json").exists();
+        if has_checkpoint && !self.resume {
+            bail!(
+                "{} holds a checkpoint of an earlier run: pass --resume to continue it (or to \
+                 start over if it is of another run), or choose another --out",
+                self.paths.out.display()
+            )
+        }
+        let restored = if has_checkpoint {
+            let restored = self.restore_checkpoint(&student, &mut opt, &fingerprint)?;
+            match &restored {
+                Some(s) => info!(step = s.step, "resumed from checkpoint"),
+                None => tracing::warn!(
+                    "the checkpoint in {} is of another run (settings, teacher or data \
+                     changed); starting over",
                     self.paths.out.display()
-                )
+                ),
             }
-            let initial = self.evaluate(&student, &zero_shot, &targets, &val)?;
-            info!(?initial, "untrained student");
-            RunState {
-                fingerprint,
-                step: 0,
-                history: Vec::new(),
-                evals: vec![EvalRecord {
+            restored
+        } else {
+            None
+        };
+        let mut state = match restored {
+            Some(state) => state,
+            None => {
+                let initial = self.evaluate(&student, &zero_shot, &targets, &val)?;
+                info!(?initial, "untrained student");
+                RunState {
+                    fingerprint,
                     step: 0,
-                    agreement: initial,
-                }],
-                train_seconds: 0.0,
+                    history: Vec::new(),
+                    evals: vec![EvalRecord {
+                        step: 0,
+                        agreement: initial,
+                    }],
+                    train_seconds: 0.0,
+                }
             }
         };
 
