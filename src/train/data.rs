@@ -19,6 +19,49 @@ pub trait WindowSource {
     fn load(&self, i: usize) -> anyhow::Result<Vec<EncoderCrop>>;
 }
 
+/// The windows of `inner` named by `ids`, in that order (a resumed run keeps the windows it
+/// started with, even when more were captured since).
+pub struct Subset<'a> {
+    inner: &'a dyn WindowSource,
+    map: Vec<usize>,
+}
+
+impl<'a> Subset<'a> {
+    /// `None` when some id is no longer in `inner` (rotated out of the capture quota).
+    pub fn of(inner: &'a dyn WindowSource, ids: &[String]) -> Option<Self> {
+        let index: std::collections::HashMap<&str, usize> =
+            (0..inner.len()).map(|i| (inner.id(i), i)).collect();
+        let map = ids
+            .iter()
+            .map(|id| index.get(id.as_str()).copied())
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { inner, map })
+    }
+
+    /// All of `inner`.
+    pub fn all(inner: &'a dyn WindowSource) -> Self {
+        Self {
+            inner,
+            map: (0..inner.len()).collect(),
+        }
+    }
+}
+
+impl WindowSource for Subset<'_> {
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+    fn id(&self, i: usize) -> &str {
+        self.inner.id(self.map[i])
+    }
+    fn group(&self, i: usize) -> String {
+        self.inner.group(self.map[i])
+    }
+    fn load(&self, i: usize) -> anyhow::Result<Vec<EncoderCrop>> {
+        self.inner.load(self.map[i])
+    }
+}
+
 fn hash(text: &str, seed: u64) -> u64 {
     text.bytes().fold(SplitMix64(seed).next(), |h, b| {
         SplitMix64(h ^ u64::from(b)).next()

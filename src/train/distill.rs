@@ -125,6 +125,9 @@ pub struct RunState {
     pub evals: Vec<EvalRecord>,
     /// Seconds spent in training steps (not evaluation), over all invocations.
     pub train_seconds: f64,
+    /// Ids of the windows the run learns from: a resumed run keeps them.
+    #[serde(default)]
+    pub windows: Vec<String>,
 }
 
 /// How a run ended.
@@ -305,8 +308,37 @@ impl Run<'_> {
         Ok(Some(state))
     }
 
-    /// Runs (or resumes) the distillation.
+    /// Runs (or resumes) the distillation. A resumed run learns from the windows it started
+    /// with (newer captures wait for the next run) as long as they are all still there.
     pub fn execute(&self) -> anyhow::Result<Outcome> {
+        let prior: Option<RunState> = if self.resume {
+            std::fs::read_to_string(self.paths.checkpoint().join("state.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+        } else {
+            None
+        };
+        let view = prior
+            .as_ref()
+            .and_then(|p| super::data::Subset::of(self.source, &p.windows))
+            .unwrap_or_else(|| super::data::Subset::all(self.source));
+        let run = Run {
+            settings: self.settings.clone(),
+            teacher: self.teacher,
+            source: &view,
+            data: self.data.clone(),
+            paths: Paths {
+                out: self.paths.out.clone(),
+                cache: self.paths.cache.clone(),
+            },
+            resume: self.resume,
+            stop_after: self.stop_after,
+            progress: self.progress,
+        };
+        run.execute_on_view()
+    }
+
+    fn execute_on_view(&self) -> anyhow::Result<Outcome> {
         let settings = &self.settings;
         let teacher_cfg = self.teacher.model.config().clone();
         let student_cfg = super::student::student_config(&teacher_cfg, &settings.student)?;
@@ -405,6 +437,9 @@ impl Run<'_> {
                         agreement: initial,
                     }],
                     train_seconds: 0.0,
+                    windows: (0..self.source.len())
+                        .map(|i| self.source.id(i).to_owned())
+                        .collect(),
                 }
             }
         };
@@ -501,8 +536,8 @@ mod tests {
     }
 
     impl Synthetic {
-        fn new() -> Self {
-            let ids = (0..15)
+        fn new(windows: usize) -> Self {
+            let ids = (0..windows)
                 .map(|i| format!("track{}-w{}", i % 5, i / 5))
                 .collect();
             Self { ids }
@@ -589,7 +624,7 @@ mod tests {
 
     #[test]
     fn distillation_learns_and_resume_is_bit_exact() {
-        let (teacher, source) = (teacher(), Synthetic::new());
+        let (teacher, source) = (teacher(), Synthetic::new(15));
         let dir = tempfile::tempdir().unwrap();
         let straight = dir.path().join("straight");
         let Outcome::Finished(report) = run(&teacher, &source, &straight, 60).execute().unwrap()
@@ -627,7 +662,9 @@ mod tests {
             again.is_err(),
             "a second run into a used --out must not start over"
         );
-        r.stop_after = None;
+        // Windows captured since do not join a resumed run.
+        let grown = Synthetic::new(18);
+        let mut r = run(&teacher, &grown, &resumed, 60);
         r.resume = true;
         assert!(matches!(r.execute().unwrap(), Outcome::Finished(_)));
         let a = std::fs::read(straight.join("student.safetensors")).unwrap();
