@@ -42,7 +42,7 @@ enum Train {
     Heads(affectd::train::heads::HeadsArgs),
     /// Distil a smaller, faster student encoder from the full EmotionCLIP (the teacher) on
     /// captured windows; write it for `[model] weights`/`config`, with a report.
-    Distill(affectd::train::distill_cli::DistillArgs),
+    Distill(Box<affectd::train::distill_cli::DistillArgs>),
 }
 
 #[derive(clap::Args)]
