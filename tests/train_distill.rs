@@ -18,16 +18,20 @@ use serde_json::Value;
 
 const CAMERA: &str = "walkway";
 
+/// The bundled detector, every frame sampled.
+fn detect_sections() -> String {
+    format!(
+        "[detect]\nengine = \"{}/engines/nanodet-m-416.toml\"\nproviders = [\"cpu\"]\n\
+         [window]\nstride = 1\n",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
 /// `[model]`: the tiny teacher (seeded random weights), and what goes with it.
 fn teacher_sections(capture: &Path) -> String {
-    let repo = env!("CARGO_MANIFEST_DIR");
     format!(
         r#"
-[detect]
-engine = "{repo}/engines/nanodet-m-416.toml"
-providers = ["cpu"]
-[window]
-stride = 1
+{detect}
 [model]
 allow_untrained = true
 seed = 7
@@ -38,6 +42,7 @@ update_every = 2
 dir = "{capture}"
 every = 4
 "#,
+        detect = detect_sections(),
         teacher = fixture("tiny-teacher.json").display(),
         capture = capture.display()
     )
@@ -165,18 +170,14 @@ fn captured_windows_distil_into_a_student_the_daemon_serves() {
     let sub = Subscriber::new(&broker, &format!("affectd/{NODE}/{CAMERA}/person/#"));
     let serving = format!(
         r#"
-[detect]
-engine = "{repo}/engines/nanodet-m-416.toml"
-providers = ["cpu"]
-[window]
-stride = 1
+{detect}
 [model]
 weights = "{weights}"
 config = "{cfg}"
 name = "tiny-student"
 update_every = 2
 "#,
-        repo = env!("CARGO_MANIFEST_DIR"),
+        detect = detect_sections(),
         weights = out.join("student.safetensors").display(),
         cfg = out.join("config.json").display(),
     );

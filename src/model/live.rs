@@ -333,6 +333,36 @@ mod tests {
         }
     }
 
+    /// The largest difference between `embedding` and a full recompute of track `track_id`'s
+    /// window of frames `first..=last` with the live encoder's current model.
+    fn recompute_gap(
+        live: &LiveEncoder,
+        camera: &CameraId,
+        track_id: u64,
+        last: u64,
+        embedding: &[f32],
+    ) -> f32 {
+        let inputs: Vec<FrameInput> = (last - 7..=last)
+            .map(|n| live.prepare(&sample(camera, n, track_id)).unwrap())
+            .collect();
+        let (pixels, masks) = preprocess::stack(&inputs, &Device::Cpu).unwrap();
+        let s = live.model().config().vision_cfg.image_size;
+        let full = live
+            .model()
+            .encode_video(
+                &pixels.reshape((1, 8, 3, s, s)).unwrap(),
+                &masks.reshape((1, 8, s, s)).unwrap(),
+            )
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        full[0]
+            .iter()
+            .zip(embedding)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    }
+
     #[test]
     fn incremental_windows_equal_a_full_recompute() {
         let camera: CameraId = Arc::from("cam");
@@ -354,25 +384,7 @@ mod tests {
                 .unwrap()
                 .as_millis() as u64
                 / 125;
-            let inputs: Vec<FrameInput> = (last - 7..=last)
-                .map(|n| live.prepare(&sample(&camera, n, update.track_id)).unwrap())
-                .collect();
-            let (pixels, masks) = preprocess::stack(&inputs, &Device::Cpu).unwrap();
-            let s = live.model().config().vision_cfg.image_size;
-            let full = live
-                .model()
-                .encode_video(
-                    &pixels.reshape((1, 8, 3, s, s)).unwrap(),
-                    &masks.reshape((1, 8, s, s)).unwrap(),
-                )
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap();
-            let diff = full[0]
-                .iter()
-                .zip(&update.embedding)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let diff = recompute_gap(&live, &camera, update.track_id, last, &update.embedding);
             assert!(
                 diff < 1e-5,
                 "track {} frame {last}: {diff}",
@@ -397,29 +409,14 @@ mod tests {
         assert_eq!(live.tracks(), 1, "the track survives the swap");
         // The first update after the swap is what the new model alone gives for frames 1..=8.
         let update = live.push(&[sample(&camera, 8, 1)]).unwrap().remove(0);
-        let inputs: Vec<FrameInput> = (1..=8)
-            .map(|n| live.prepare(&sample(&camera, n, 1)).unwrap())
-            .collect();
-        let (pixels, masks) = preprocess::stack(&inputs, &Device::Cpu).unwrap();
-        let s = cfg.vision_cfg.image_size;
-        let full = live
-            .model()
-            .encode_video(
-                &pixels.reshape((1, 8, 3, s, s)).unwrap(),
-                &masks.reshape((1, 8, s, s)).unwrap(),
-            )
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        let diff = full[0]
-            .iter()
-            .zip(&update.embedding)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let diff = recompute_gap(&live, &camera, 1, 8, &update.embedding);
         assert!(diff < 1e-5, "{diff}");
-        let frames = live.window_frames(&(camera, 1)).unwrap();
+        let frames = live.window_frames(&(camera.clone(), 1)).unwrap();
         assert_eq!(frames.crops.len(), 8);
-        assert_eq!(frames.crops[0].input(), inputs[0]);
+        assert_eq!(
+            frames.crops[0].input(),
+            live.prepare(&sample(&camera, 1, 1)).unwrap()
+        );
     }
 
     #[test]

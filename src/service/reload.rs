@@ -19,7 +19,7 @@ use toml::Table;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::model::{self, EncoderSender, StageOptions};
+use crate::model::{self, EncoderSender};
 use crate::publish::ModelId;
 
 /// Top-level sections that reload.
@@ -99,15 +99,7 @@ impl Reloader {
                 .context("model loading panicked")?
                 .context("cannot load the new model")?
         };
-        let options = StageOptions {
-            node: config.node.id.clone(),
-            max_batch: model_cfg.max_batch,
-            queue: model_cfg.queue,
-            ema_alpha: config.readout.ema_alpha,
-            include_embedding: model_cfg.include_embedding,
-            // A swap takes the model's own settings only; capture keeps running as it is.
-            capture: None,
-        };
+        let options = super::run::stage_options(&config, &model_cfg, None);
         let reply = encoder.swap(loaded, &options);
         let id = tokio::task::spawn_blocking(move || reply.recv_timeout(SWAP_TIMEOUT))
             .await

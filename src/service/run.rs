@@ -72,14 +72,7 @@ async fn supervise(config: Config, path: &Path) -> anyhow::Result<()> {
                 capture =
                     Some(Capture::start(capture_cfg, &manifest).context("cannot start [capture]")?);
             }
-            let options = StageOptions {
-                node: config.node.id.clone(),
-                max_batch: model_cfg.max_batch,
-                queue: model_cfg.queue,
-                ema_alpha: config.readout.ema_alpha,
-                include_embedding: model_cfg.include_embedding,
-                capture: capture.as_ref().map(Capture::sender),
-            };
+            let options = stage_options(&config, model_cfg, capture.as_ref().map(Capture::sender));
             Some(
                 EncoderStage::spawn(loaded, options, mqtt.clone(), health.register("encoder"))
                     .context("cannot start the encoder thread")?,
@@ -222,4 +215,21 @@ async fn wait_ready(
         let _ = status.wait_for(|s| s.state != CameraState::Starting).await;
     }
     let _ = connected.wait_for(|c| *c).await;
+}
+
+/// The encoder stage's settings from the config (a reload passes `capture: None`: a swap
+/// takes the model's own settings only and capture keeps running as it is).
+pub(crate) fn stage_options(
+    config: &Config,
+    model_cfg: &crate::model::ModelConfig,
+    capture: Option<crate::capture::CaptureSender>,
+) -> StageOptions {
+    StageOptions {
+        node: config.node.id.clone(),
+        max_batch: model_cfg.max_batch,
+        queue: model_cfg.queue,
+        ema_alpha: config.readout.ema_alpha,
+        include_embedding: model_cfg.include_embedding,
+        capture,
+    }
 }

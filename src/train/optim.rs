@@ -93,8 +93,11 @@ impl AdamW {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
-            slot.m = ((&slot.m * beta1)? + (g * (1.0 - beta1))?)?;
-            slot.v = ((&slot.v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+            // Detached: a gradient carries the op graph of the backward pass (which holds
+            // the step's activations); moments that kept it would keep every step's graph.
+            let g = g.detach();
+            slot.m = ((&slot.m * beta1)? + (&g * (1.0 - beta1))?)?.detach();
+            slot.v = ((&slot.v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?.detach();
             let update = ((&slot.m / c1)? / ((&slot.v / c2)?.sqrt()? + eps)?)?;
             let theta = slot.var.as_tensor();
             let theta = if slot.decay {
@@ -206,6 +209,13 @@ mod tests {
             w.as_tensor().flatten_all()?.to_vec1::<f32>()
         };
         let straight = run(400, None)?;
+        // The moments must not hold on to the graphs of past steps (memory would grow with
+        // every step).
+        let w = Var::zeros(3, candle_core::DType::F32, &dev)?;
+        let mut opt = AdamW::new(vec![("w".into(), w.clone())], AdamWConfig::default())?;
+        let loss = (w.as_tensor().exp()? * 2.0)?.sum_all()?;
+        opt.step(&loss.backward()?, 0.1)?;
+        assert!(opt.state().values().all(|t| !t.track_op()));
         for (got, want) in straight.iter().zip([1.0f32, -2.0, 0.5, 3.0]) {
             assert!((got - want).abs() < 1e-2, "{got} vs {want}");
         }
