@@ -347,14 +347,23 @@ fn a_reload_under_load_swaps_the_model_and_drops_no_track() {
     assert_eq!(later.and_then(|m| person(&m)).map(|(_, w)| w), Some(id_b));
 
     // The stream never stopped: every camera status since the first model served says
-    // streaming, and the node never went offline.
+    // streaming, and the node never went offline. A fast run can be over within one status
+    // interval, so wait for a status published after the last reload.
+    let status_topic = format!("affectd/{NODE}/{CAMERA}/status");
+    assert!(
+        sub.wait_for_after(last, Duration::from_secs(10), |m| m.topic == status_topic
+            && !m.retain)
+            .is_some(),
+        "no camera status after the last reload:\n{}",
+        daemon.log()
+    );
     let messages = sub.messages();
     let statuses: Vec<Value> = messages[streaming_since..]
         .iter()
         .filter(|m| m.topic == format!("affectd/{NODE}/{CAMERA}/status") && !m.retain)
         .map(json)
         .collect();
-    assert!(statuses.len() >= 2, "{statuses:?}");
+    assert!(!statuses.is_empty(), "{statuses:?}");
     assert!(
         statuses
             .iter()
