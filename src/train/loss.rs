@@ -77,9 +77,9 @@ pub fn distillation_loss(
     let cosine = (1.0 - cos)?.mean_all()?;
     let feature = (student_hint - teacher_hint)?.sqr()?.mean_all()?;
     let t = weights.temperature;
-    let p_teacher = candle_nn::ops::softmax(&(zero_shot.logits(teacher_video)? / t)?, D::Minus1)?;
-    let log_p_teacher =
-        candle_nn::ops::log_softmax(&(zero_shot.logits(teacher_video)? / t)?, D::Minus1)?;
+    let teacher_logits = (zero_shot.logits(teacher_video)? / t)?;
+    let p_teacher = candle_nn::ops::softmax(&teacher_logits, D::Minus1)?;
+    let log_p_teacher = candle_nn::ops::log_softmax(&teacher_logits, D::Minus1)?;
     let log_p_student =
         candle_nn::ops::log_softmax(&(zero_shot.logits(student_video)? / t)?, D::Minus1)?;
     let kl = ((p_teacher * (log_p_teacher - log_p_student)?)?
