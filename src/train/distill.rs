@@ -22,7 +22,7 @@ use super::loss::{Agreement, AgreementSum, LossParts, LossWeights, ZeroShot, dis
 use super::optim::{AdamW, AdamWConfig, Schedule};
 use super::student::Student;
 use super::teacher::{Targets, TeacherCache, stack_windows};
-use crate::model::{EmotionClip, EmotionClipConfig, Readout};
+use crate::model::{EmotionClip, Readout};
 
 /// Everything that decides the result of a run (recorded in checkpoints and the report; a
 /// checkpoint resumes only under the same settings).
@@ -51,42 +51,34 @@ pub struct Teacher {
 }
 
 impl Teacher {
-    /// The model `[model]` describes, as the daemon would serve it: the weights file, or the
-    /// seeded random weights of `allow_untrained` (whose identity is then `untrained-seed-N`).
+    /// The model `[model]` describes, as the daemon would serve it (`model::load_encoder`):
+    /// the weights file, or the seeded random weights of `allow_untrained` (whose identity is
+    /// then `untrained-seed-N`).
     pub fn load(
         model: &crate::model::ModelConfig,
         readout: &crate::model::ReadoutConfig,
-        device: &Device,
     ) -> Result<Self, crate::model::Error> {
-        let cfg = match &model.config {
-            Some(path) => EmotionClipConfig::from_json_file(path)?,
-            None => EmotionClipConfig::vit_b32(),
-        };
-        cfg.validate()?;
-        let (clip, tensors, weights, sha256) = match model.weights_to_load() {
-            Some(path) => {
-                let sha256 =
-                    crate::digest::sha256_file(path).map_err(|source| crate::model::Error::Io {
-                        path: path.to_owned(),
-                        source,
-                    })?;
-                let clip = EmotionClip::load(path, &cfg, device)?;
-                let tensors =
-                    crate::model::weights::Checkpoint::open(path)?.tensors(DType::F32, device)?;
-                (clip, tensors, path.to_owned(), sha256)
-            }
-            None => {
+        let (clip, digest) = crate::model::load_encoder(model)?;
+        let device = clip.device().clone();
+        let (tensors, weights, sha256) = match (model.weights_to_load(), digest) {
+            (Some(path), Some(sha256)) => (
+                crate::model::weights::Checkpoint::open(path)?.tensors(DType::F32, &device)?,
+                path.to_owned(),
+                sha256,
+            ),
+            _ => {
                 tracing::warn!(
                     seed = model.seed,
                     "the teacher is the UNTRAINED seeded model of allow_untrained: the student \
                      learns to imitate meaningless outputs (fine for a demo)"
                 );
-                let (clip, tensors) =
-                    crate::model::weights::build_seeded(model.seed, DType::F32, device, |vb| {
-                        EmotionClip::new(vb, &cfg)
+                // The same seeded values as the served model, this time with their names.
+                let (_, tensors) =
+                    crate::model::weights::build_seeded(model.seed, DType::F32, &device, |vb| {
+                        EmotionClip::new(vb, clip.config())
                     })?;
                 let id = format!("untrained-seed-{}", model.seed);
-                (clip, tensors, PathBuf::from(&id), id)
+                (tensors, PathBuf::from(&id), id)
             }
         };
         let readout = crate::model::build_readout(&clip, readout)?;
@@ -583,7 +575,7 @@ mod tests {
             "config = '{path}'\nallow_untrained = true\nseed = 5"
         ))
         .unwrap();
-        Teacher::load(&model, &Default::default(), &Device::Cpu).unwrap()
+        Teacher::load(&model, &Default::default()).unwrap()
     }
 
     fn settings(steps: usize) -> Settings {

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use candle_core::Device;
 use tracing::info;
 
 use super::data::WindowSource;
@@ -88,9 +87,9 @@ pub struct DistillArgs {
     /// Stop after this many steps in this invocation, with a checkpoint (`--resume` goes on).
     #[arg(long)]
     pub stop_after: Option<usize>,
-    /// `cpu`, or `cuda` (needs the `cuda` cargo feature).
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
+    /// `cpu`, or `cuda` (needs the `cuda` cargo feature); default: `[model] device`.
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceArg>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -205,22 +204,21 @@ fn settings(args: &DistillArgs) -> Settings {
 /// `affectd train distill`.
 pub fn run(args: &DistillArgs) -> Result<(), DistillError> {
     use DistillError::{Runtime, Usage};
-    let (model_cfg, readout_cfg) = teacher_config(args).map_err(Usage)?;
-    let device = match (args.device, model_cfg.device) {
-        (DeviceArg::Cuda, _) | (_, ModelDevice::Cuda) if cfg!(feature = "cuda") => {
-            Device::new_cuda(0).map_err(|e| Runtime(e.into()))?
-        }
-        (DeviceArg::Cuda, _) => {
-            return Err(Usage(anyhow::anyhow!(
-                "--device cuda: this build has no CUDA (cargo feature `cuda`)"
-            )));
-        }
-        _ => Device::Cpu,
-    };
+    let (mut model_cfg, readout_cfg) = teacher_config(args).map_err(Usage)?;
+    match args.device {
+        Some(DeviceArg::Cuda) => model_cfg.device = ModelDevice::Cuda,
+        Some(DeviceArg::Cpu) => model_cfg.device = ModelDevice::Cpu,
+        None => {}
+    }
+    if model_cfg.device == ModelDevice::Cuda && !cfg!(feature = "cuda") {
+        return Err(Usage(anyhow::anyhow!(
+            "device cuda: this build has no CUDA (cargo feature `cuda`)"
+        )));
+    }
     let source = CapturedWindows::open(&args.data)
         .with_context(|| format!("--data {}", args.data.display()))
         .map_err(Usage)?;
-    let teacher = Teacher::load(&model_cfg, &readout_cfg, &device)
+    let teacher = Teacher::load(&model_cfg, &readout_cfg)
         .context("loading the teacher")
         .map_err(Usage)?;
     let manifest = source.dataset.manifest();
