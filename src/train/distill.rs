@@ -21,7 +21,7 @@ use super::data::{WindowSource, batch_indices, split};
 use super::loss::{Agreement, AgreementSum, LossParts, LossWeights, ZeroShot, distillation_loss};
 use super::optim::{AdamW, AdamWConfig, Schedule};
 use super::student::Student;
-use super::teacher::{Targets, TeacherCache, stack_windows};
+use super::teacher::{Targets, TeacherCache};
 use crate::model::{EmotionClip, Readout};
 
 /// Everything that decides the result of a run (recorded in checkpoints and the report; a
@@ -160,17 +160,11 @@ fn student_forward(
     student: &Student,
     windows: &[Vec<crate::model::preprocess::EncoderCrop>],
 ) -> candle_core::Result<(Tensor, Tensor)> {
-    let (b, t) = (windows.len(), student.model.video_len());
-    let (pixels, masks) = stack_windows(windows, student.model.device())?;
-    let trace = student.model.trace_frames(&pixels, &masks)?;
-    let video = student
-        .model
-        .encode_video_from_features(&trace.features.reshape((b, t, ()))?)?;
-    let hint = match &student.hint_proj {
-        Some(p) => trace.cls_post_ln.matmul(p)?,
-        None => trace.cls_post_ln,
-    };
-    Ok((video, hint.reshape((b, t, ()))?))
+    let (video, hint) = super::teacher::video_and_hint(&student.model, windows)?;
+    match &student.hint_proj {
+        Some(p) => Ok((video, hint.broadcast_matmul(p)?)),
+        None => Ok((video, hint)),
+    }
 }
 
 fn stack_targets(targets: &[Targets], indices: &[usize]) -> candle_core::Result<(Tensor, Tensor)> {
@@ -206,10 +200,9 @@ fn fingerprint(settings: &Settings, teacher: &Teacher, source: &dyn WindowSource
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    super::write_atomic(path, |tmp| {
+        Ok(std::fs::write(tmp, serde_json::to_vec_pretty(value)?)?)
+    })
 }
 
 fn to_rows(t: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
@@ -277,21 +270,20 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Restores the checkpoint in OUT when it is of this run; `None` when it is of another
-    /// (different settings, teacher or data: e.g. the nightly run after new captures).
+    /// Restores the checkpoint in OUT (whose state `execute` read) when it is of this run;
+    /// `None` when it is of another (different settings, teacher or data: e.g. the nightly
+    /// run after new captures).
     fn restore_checkpoint(
         &self,
         student: &Student,
         opt: &mut AdamW,
+        state: RunState,
         fingerprint: &str,
     ) -> anyhow::Result<Option<RunState>> {
-        let dir = self.paths.checkpoint();
-        let text = std::fs::read_to_string(dir.join("state.json"))
-            .with_context(|| format!("--resume: reading {}", dir.join("state.json").display()))?;
-        let state: RunState = serde_json::from_str(&text).context("--resume: state.json")?;
         if state.fingerprint != fingerprint {
             return Ok(None);
         }
+        let dir = self.paths.checkpoint();
         let device = student.model.device();
         let params = candle_core::safetensors::load(dir.join("params.safetensors"), device)?;
         student.params.restore(&params.into_iter().collect())?;
@@ -303,10 +295,18 @@ impl Run<'_> {
     /// Runs (or resumes) the distillation. A resumed run learns from the windows it started
     /// with (newer captures wait for the next run) as long as they are all still there.
     pub fn execute(&self) -> anyhow::Result<Outcome> {
-        let prior: Option<RunState> = if self.resume {
-            std::fs::read_to_string(self.paths.checkpoint().join("state.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
+        let state_path = self.paths.checkpoint().join("state.json");
+        if state_path.exists() && !self.resume {
+            bail!(
+                "{} holds a checkpoint of an earlier run: pass --resume to continue it (or to \
+                 start over if it is of another run), or choose another --out",
+                self.paths.out.display()
+            )
+        }
+        let prior: Option<RunState> = if state_path.exists() {
+            let text = std::fs::read_to_string(&state_path)
+                .with_context(|| format!("--resume: reading {}", state_path.display()))?;
+            Some(serde_json::from_str(&text).context("--resume: state.json")?)
         } else {
             None
         };
@@ -327,10 +327,10 @@ impl Run<'_> {
             stop_after: self.stop_after,
             progress: self.progress,
         };
-        run.execute_on_view()
+        run.execute_on_view(prior)
     }
 
-    fn execute_on_view(&self) -> anyhow::Result<Outcome> {
+    fn execute_on_view(&self, prior: Option<RunState>) -> anyhow::Result<Outcome> {
         let settings = &self.settings;
         let teacher_cfg = self.teacher.model.config().clone();
         let student_cfg = super::student::student_config(&teacher_cfg, &settings.student)?;
@@ -393,27 +393,20 @@ impl Run<'_> {
         let zero_shot = ZeroShot::new(&self.teacher.readout, &device)?;
         let fingerprint = fingerprint(settings, self.teacher, self.source);
 
-        let has_checkpoint = self.paths.checkpoint().join("state.json").exists();
-        if has_checkpoint && !self.resume {
-            bail!(
-                "{} holds a checkpoint of an earlier run: pass --resume to continue it (or to \
-                 start over if it is of another run), or choose another --out",
-                self.paths.out.display()
-            )
-        }
-        let restored = if has_checkpoint {
-            let restored = self.restore_checkpoint(&student, &mut opt, &fingerprint)?;
-            match &restored {
-                Some(s) => info!(step = s.step, "resumed from checkpoint"),
-                None => tracing::warn!(
-                    "the checkpoint in {} is of another run (settings, teacher or data \
-                     changed); starting over",
-                    self.paths.out.display()
-                ),
+        let restored = match prior {
+            Some(prior) => {
+                let restored = self.restore_checkpoint(&student, &mut opt, prior, &fingerprint)?;
+                match &restored {
+                    Some(s) => info!(step = s.step, "resumed from checkpoint"),
+                    None => tracing::warn!(
+                        "the checkpoint in {} is of another run (settings, teacher or data \
+                         changed); starting over",
+                        self.paths.out.display()
+                    ),
+                }
+                restored
             }
-            restored
-        } else {
-            None
+            None => None,
         };
         let mut state = match restored {
             Some(state) => state,

@@ -197,13 +197,14 @@ fn draw_panel(img: &mut RgbImage, top: u32, panel: &Panel, x_max: f64) {
     }
 }
 
-/// Draws `panels` stacked, sharing the x axis 0..=`x_max`, and saves a PNG.
+/// Draws `panels` stacked, sharing the x axis 0..=`x_max`, and saves a PNG (whatever the
+/// file name ends in).
 pub fn save(path: &Path, panels: &[Panel], x_max: f64) -> image::ImageResult<()> {
     let mut img = RgbImage::from_pixel(W, PANEL_H * panels.len() as u32, BG);
     for (i, panel) in panels.iter().enumerate() {
         draw_panel(&mut img, i as u32 * PANEL_H, panel, x_max);
     }
-    img.save(path)
+    img.save_with_format(path, image::ImageFormat::Png)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use super::loss::Agreement;
 use super::plot::{self, Panel, Series};
 use super::student::Student;
 use super::teacher::stack_windows;
+use super::write_atomic;
 use crate::model::{EmotionClip, EmotionClipConfig};
 
 /// Frame-encoder throughput of the teacher and the student on the same frames.
@@ -118,16 +119,6 @@ fn frames_per_s(
     Ok(n as f64 / best.max(1e-9))
 }
 
-fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&Path) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    write(&tmp)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
 /// Exports the student, measures it against the teacher and writes the report.
 pub(crate) fn finish(
     run: &Run,
@@ -196,12 +187,7 @@ pub(crate) fn finish(
     write_atomic(&out.join("report.json"), |tmp| {
         Ok(std::fs::write(tmp, serde_json::to_vec_pretty(&report)?)?)
     })?;
-    write_atomic(&out.join("report.png"), |tmp| {
-        // The temporary name must still end in .png for the encoder to pick the format.
-        let png = tmp.with_extension("tmp.png");
-        plot_report(&png, &report)?;
-        Ok(std::fs::rename(&png, tmp)?)
-    })?;
+    write_atomic(&out.join("report.png"), |tmp| plot_report(tmp, &report))?;
     Ok(report)
 }
 

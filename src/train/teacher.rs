@@ -32,22 +32,28 @@ pub fn stack_windows(
     preprocess::stack(&inputs, device)
 }
 
+/// Video embeddings [B, E] (un-normalised) and frame hints [B, T, width] (the class token
+/// after `ln_post`) of `model` for whole windows in one batch: what the teacher provides and
+/// the student is compared on.
+pub fn video_and_hint(
+    model: &EmotionClip,
+    windows: &[Vec<EncoderCrop>],
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let (b, t) = (windows.len(), model.video_len());
+    let (pixels, masks) = stack_windows(windows, model.device())?;
+    let trace = model.trace_frames(&pixels, &masks)?;
+    let video = model.encode_video_from_features(&trace.features.reshape((b, t, ()))?)?;
+    Ok((video, trace.cls_post_ln.reshape((b, t, ()))?))
+}
+
 /// The teacher's targets for whole windows in one batch.
 pub fn compute(
     teacher: &EmotionClip,
     windows: &[Vec<EncoderCrop>],
 ) -> candle_core::Result<Vec<Targets>> {
-    let (b, t) = (windows.len(), teacher.video_len());
-    let (pixels, masks) = stack_windows(windows, teacher.device())?;
-    let trace = teacher.trace_frames(&pixels, &masks)?;
-    let video = teacher
-        .encode_video_from_features(&trace.features.reshape((b, t, ()))?)?
-        .to_dtype(DType::F32)?;
-    let hint = trace
-        .cls_post_ln
-        .to_dtype(DType::F32)?
-        .reshape((b, t, ()))?;
-    (0..b)
+    let (video, hint) = video_and_hint(teacher, windows)?;
+    let (video, hint) = (video.to_dtype(DType::F32)?, hint.to_dtype(DType::F32)?);
+    (0..windows.len())
         .map(|i| {
             Ok(Targets {
                 video: video.get(i)?,
@@ -99,15 +105,12 @@ impl TeacherCache {
 
     fn write(&self, id: &str, targets: &Targets) -> anyhow::Result<()> {
         let path = self.dir.join(file_name(id));
-        let tmp = path.with_extension("tmp");
         let map: std::collections::HashMap<String, Tensor> = [
             ("video".to_owned(), targets.video.clone()),
             ("hint".to_owned(), targets.hint.clone()),
         ]
         .into();
-        candle_core::safetensors::save(&map, &tmp)?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
+        super::write_atomic(&path, |tmp| Ok(candle_core::safetensors::save(&map, tmp)?))
     }
 
     /// Targets of every window of `source`: read from the cache, or computed in batches of

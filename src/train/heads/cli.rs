@@ -217,21 +217,18 @@ pub fn run(args: &HeadsArgs) -> Result<(), HeadsError> {
     Ok(())
 }
 
-/// Writes through a temporary file beside `path`, renamed over it when complete, so a
-/// daemon never reads half a file.
+/// `train::write_atomic` (a temporary file renamed over `path`: a daemon never reads half a
+/// file) with this command's error.
 fn write_atomically(
     path: &Path,
     write: impl FnOnce(&Path) -> Result<(), String>,
 ) -> Result<(), HeadsError> {
-    let err = |problem: String| HeadsError::Write {
-        path: path.to_owned(),
-        problem,
-    };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    write(&tmp).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    crate::train::write_atomic(path, |tmp| write(tmp).map_err(anyhow::Error::msg)).map_err(|e| {
+        HeadsError::Write {
+            path: path.to_owned(),
+            problem: e.root_cause().to_string(),
+        }
+    })
 }
 
 fn print_summary(report: &FitReport, out: &Path) {
