@@ -12,9 +12,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use affectd::detect::input::FileFrames;
 use affectd::detect::letterbox::Preprocessor;
 use affectd::detect::{DetectConfig, Detector, Manifest, Provider};
+use affectd::ingest::FileFrames;
 use affectd::track::{TrackConfig, Tracker};
 use affectd::types::{BBox, Detection};
 
@@ -29,7 +29,7 @@ fn main() {
     let slice: f64 = env_or("AFFECTD_BENCH_SLICE", 1.0);
     let python: String = env_or("AFFECTD_BENCH_PYTHON", ".venv/bin/python".to_string());
     let cfg = DetectConfig {
-        engine: "engines/nanodet-m-416.toml".into(),
+        engine: "engines/nanodet-g-416.toml".into(),
         providers: vec![Provider::Cpu],
         threads,
         ..DetectConfig::default()

@@ -22,7 +22,7 @@ def main() -> None:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # affectd turns intra-op spin-waiting off (src/detect/engine.rs); compare like with like.
+    # affectd turns intra-op spin-waiting off (src/detect/runtime.rs); compare like with like.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]

@@ -26,10 +26,11 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use affectd::detect::input::FileFrames;
+use affectd::encode::LiveEncoder;
+use affectd::ingest::FileFrames;
 use affectd::model::preprocess::{self, CropPolicy, FrameInput};
-use affectd::model::{EmotionClip, EmotionClipConfig, LiveEncoder, PersonSample};
-use affectd::types::{BBox, Frame};
+use affectd::model::{EmotionClip, EmotionClipConfig};
+use affectd::types::{BBox, Frame, PersonSample};
 use candle_core::{Device, IndexOp, Tensor};
 
 mod common;

@@ -1,4 +1,4 @@
-"""Which anchor-point convention fits NanoDet-m on real footage: cell corner (col * s) or cell
+"""Which anchor-point convention fits NanoDet-g on real footage: cell corner (col * s) or cell
 centre ((col + 0.5) * s)?
 
 The camera in vtest.mp4 is fixed, so the median of frames spread over the clip is the empty
@@ -32,7 +32,7 @@ def main() -> None:
             check=True,
         )
         raw = np.fromfile(path, dtype=np.uint8).reshape(-1, H, W, 3)
-    sess = ort.InferenceSession("engines/nanodet-m-416.onnx", providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession("engines/nanodet-g-416.onnx", providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     s = 416 / W
     ch = round(H * s)

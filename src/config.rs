@@ -11,9 +11,10 @@ use serde::Deserialize;
 
 use crate::capture::CaptureConfig;
 use crate::detect::DetectConfig;
+use crate::encode::ModelConfig;
 use crate::ingest::{CameraConfig, IngestConfig, Source};
-use crate::model::{ModelConfig, ReadoutConfig};
 use crate::publish::MqttConfig;
+use crate::readout::ReadoutConfig;
 use crate::service::ServiceConfig;
 use crate::track::TrackConfig;
 use crate::window::WindowConfig;

@@ -1,16 +1,23 @@
 //! affectd: per-person emotion and valence/arousal from camera streams, published over MQTT.
 //!
-//! The stages, in data-flow order: ingest -> detect -> track -> window -> model -> publish;
-//! `capture` stores windows for training, `service` runs them, `config` and `types` are
-//! shared, `digest` names files by content; `train` fits models on captured data.
+//! The stages, in data-flow order: ingest -> analytics (detect -> track -> window sampling)
+//! -> encode (EmotionCLIP over each person's window, `model`) -> readout -> publish;
+//! `capture` stores windows for training, `service` runs the stages, `health` watches them,
+//! `config`, `types` and `backoff` are shared, `digest` names files by content; `train` fits
+//! models on captured data. ARCHITECTURE.md is the map.
 
+pub mod analytics;
+pub mod backoff;
 pub mod capture;
 pub mod config;
 pub mod detect;
 pub mod digest;
+pub mod encode;
+pub mod health;
 pub mod ingest;
 pub mod model;
 pub mod publish;
+pub mod readout;
 pub mod service;
 pub mod track;
 pub mod train;

@@ -42,7 +42,7 @@ enum Train {
     Heads(affectd::train::heads::HeadsArgs),
     /// Distil a smaller, faster student encoder from the full EmotionCLIP (the teacher) on
     /// captured windows; write it for `[model] weights`/`config`, with a report.
-    Distill(Box<affectd::train::distill_cli::DistillArgs>),
+    Distill(Box<affectd::train::distill::DistillArgs>),
 }
 
 #[derive(clap::Args)]
@@ -91,9 +91,9 @@ fn main() -> ExitCode {
         }),
         Command::Train {
             what: Train::Distill(args),
-        } => affectd::train::distill_cli::run(args).map_err(|e| match e {
-            affectd::train::distill_cli::DistillError::Usage(e) => Failure::Usage(e),
-            affectd::train::distill_cli::DistillError::Runtime(e) => Failure::Runtime(e),
+        } => affectd::train::distill::run(args).map_err(|e| match e {
+            affectd::train::distill::DistillError::Usage(e) => Failure::Usage(e),
+            affectd::train::distill::DistillError::Runtime(e) => Failure::Runtime(e),
         }),
         Command::Train {
             what: Train::Heads(args),

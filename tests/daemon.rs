@@ -340,7 +340,7 @@ fn capture_stores_the_windows_the_encoder_saw_for_each_track() {
     let extra = format!(
         r#"
 [detect]
-engine = "{repo}/engines/nanodet-m-416.toml"
+engine = "{repo}/engines/nanodet-g-416.toml"
 providers = ["cpu"]
 [window]
 stride = 1

@@ -1,4 +1,4 @@
-//! The real detector on real footage: NanoDet-m (engines/) on tests/fixtures/vtest.mp4 and
+//! The real detector on real footage: NanoDet-g (engines/) on tests/fixtures/vtest.mp4 and
 //! basketball1.png, and the tracker on the first 20 s of vtest.
 //!
 //! ONNX Runtime is found the way the daemon finds it: `ORT_DYLIB_PATH`, else the search list
@@ -8,15 +8,15 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
-use affectd::detect::input::{FileFrames, read_image};
 use affectd::detect::{DetectConfig, Detector, Provider};
+use affectd::ingest::{FileFrames, read_image};
 use affectd::track::{TrackConfig, Tracker};
-use affectd::types::{Detection, Frame};
-use affectd::window::{WindowConfig, Windows};
+use affectd::types::{BBox, Detection, Frame};
+use affectd::window::{Sampler, WindowConfig};
 
 fn config() -> DetectConfig {
     DetectConfig {
-        engine: "engines/nanodet-m-416.toml".into(),
+        engine: "engines/nanodet-g-416.toml".into(),
         providers: vec![Provider::Cpu],
         threads: 2,
         ..DetectConfig::default()
@@ -106,10 +106,10 @@ fn probe_verifies_checksum_and_output_shapes() {
     assert_eq!(report.input_shape, vec![1, 3, 416, 416]);
     // A manifest with a wrong sha256 fails before any session is opened.
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string("engines/nanodet-m-416.toml").unwrap();
-    let model = std::fs::canonicalize("engines/nanodet-m-416.onnx").unwrap();
+    let text = std::fs::read_to_string("engines/nanodet-g-416.toml").unwrap();
+    let model = std::fs::canonicalize("engines/nanodet-g-416.onnx").unwrap();
     let text = text.replace("d295874e", "00000000").replace(
-        "\"nanodet-m-416.onnx\"",
+        "\"nanodet-g-416.onnx\"",
         &format!("{:?}", model.display().to_string()),
     );
     let bad = dir.path().join("bad.toml");
@@ -158,31 +158,32 @@ fn tracking_the_first_20_s_of_vtest_keeps_ids_stable() {
 }
 
 #[test]
-fn walkers_get_8_frame_windows_of_shared_frames() {
+fn walkers_are_sampled_into_8_frame_windows() {
     let frames = vtest(4);
     let mut tracker = Tracker::new(TrackConfig::default());
-    let mut windows: Windows = Windows::new(WindowConfig::default());
-    let mut full = Vec::new();
+    let sampler = Sampler::new(&WindowConfig::default());
+    let mut sampled: std::collections::BTreeMap<u64, Vec<(u64, BBox)>> = Default::default();
     for f in &frames {
         let dets = detect(f);
         let update = tracker.update(&dets, f.wall);
-        for id in windows.update(f, &update, &dets) {
-            if windows.is_full(id) && !full.contains(&id) {
-                full.push(id);
-            }
+        for (id, bbox) in sampler.pick(&update, &dets) {
+            // The box each sample contributes is one of this frame's detections.
+            assert!(dets.iter().any(|d| d.bbox == bbox), "track {id}: {bbox:?}");
+            sampled.entry(id).or_default().push((f.seq, bbox));
         }
     }
-    // Walkers confirmed at frame 3 have 8 entries by frame 10; every entry's box lies in its
-    // frame, and the frames are the decoded ones, shared rather than copied.
-    assert!(full.len() >= 2, "{full:?}");
-    let entries: Vec<_> = windows.entries(full[0]).unwrap().collect();
-    assert_eq!(entries.len(), 8);
-    assert!(entries.windows(2).all(|w| w[0].seq < w[1].seq));
-    for e in entries {
-        assert!(e.bbox.x2 <= 768.0 && e.bbox.y2 <= 576.0 && e.bbox.area() > 0.0);
-        assert!(std::sync::Arc::ptr_eq(
-            &e.frame.rgb,
-            &frames[e.seq as usize].rgb
-        ));
+    // Walkers confirmed at frame 3 have 8 samples (a full window) by frame 10, one per frame
+    // (stride 1), every box inside its frame.
+    let full: Vec<&u64> = sampled
+        .iter()
+        .filter(|(_, s)| s.len() >= 8)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(full.len() >= 2, "{sampled:?}");
+    for samples in sampled.values() {
+        assert!(samples.windows(2).all(|w| w[0].0 < w[1].0));
+        for (_, b) in samples {
+            assert!(b.x2 <= 768.0 && b.y2 <= 576.0 && b.area() > 0.0);
+        }
     }
 }

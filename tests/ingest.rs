@@ -18,6 +18,7 @@ use affectd::types::{CameraState, CameraStatus, Frame};
 use gstreamer::prelude::*;
 use parking_lot::Mutex;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -166,7 +167,7 @@ fn assert_steady(frames: &[Frame], fps: f64) {
 fn videotestsrc_delivers_8_fps_rgb_frames_of_its_size() {
     logs();
     let cam = camera("bars", "test:red");
-    let ingest = Ingest::start(&[cam], &IngestConfig::default()).unwrap();
+    let ingest = Ingest::start(&[cam], &IngestConfig::default(), CancellationToken::new()).unwrap();
     let collector = Collector::new(&ingest);
     let first = collector.wait_for("bars", 1, Duration::from_secs(10));
     assert!(!first.is_empty(), "no frame within 10 s");
@@ -207,7 +208,7 @@ fn the_real_clip_plays_in_real_time_at_8_fps() {
         "path",
         &format!("file:{}", fixture("vtest-10s.mp4").display()),
     );
-    let ingest = Ingest::start(&[cam], &IngestConfig::default()).unwrap();
+    let ingest = Ingest::start(&[cam], &IngestConfig::default(), CancellationToken::new()).unwrap();
     let collector = Collector::new(&ingest);
     assert!(
         !collector
@@ -283,7 +284,7 @@ fn hostile_uris_cannot_change_the_pipeline() {
     // The literal file plays: frames of the real clip come out of it.
     let cam = camera("evil", &format!("file:{}", evil_file.display()));
     check_pipeline(&cam, &cfg).unwrap();
-    let ingest = Ingest::start(&[cam], &cfg).unwrap();
+    let ingest = Ingest::start(&[cam], &cfg, CancellationToken::new()).unwrap();
     let collector = Collector::new(&ingest);
     let frames = collector.wait_for("evil", 3, Duration::from_secs(10));
     drop(collector);
@@ -309,7 +310,7 @@ fn a_missing_file_is_retried_with_backoff_and_reported() {
         "{e}"
     );
 
-    let ingest = Ingest::start(&[cam], &cfg).unwrap();
+    let ingest = Ingest::start(&[cam], &cfg, CancellationToken::new()).unwrap();
     let rx = status_of(&ingest, "gone");
     assert!(wait_state(&rx, CameraState::Reconnecting, Duration::from_secs(5)).is_some());
     // 0.25 + 0.5 + 1 + 1 s of backoff: at least 3 restarts within 3 s.
@@ -329,7 +330,7 @@ fn rtsp_camera_recovers_after_its_server_restarts_while_another_keeps_streaming(
     let mut server =
         rtsp::RtspServer::start("door", &rtsp::RtspServer::mp4_launch(&fixture("vtest.mp4")));
     let cameras = [camera("door", &server.url()), camera("bars", "test:ball")];
-    let ingest = Ingest::start(&cameras, &quick_restarts()).unwrap();
+    let ingest = Ingest::start(&cameras, &quick_restarts(), CancellationToken::new()).unwrap();
     let door = status_of(&ingest, "door");
     let bars = status_of(&ingest, "bars");
     let collector = Collector::new(&ingest);
@@ -409,6 +410,46 @@ fn rtsp_camera_recovers_after_its_server_restarts_while_another_keeps_streaming(
 }
 
 #[test]
+fn cancelling_the_stop_token_stops_streaming_and_waiting_cameras() {
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = camera(
+        "gone",
+        &format!("file:{}", dir.path().join("gone.mp4").display()),
+    );
+    let cfg = IngestConfig {
+        backoff_initial_s: 60.0,
+        backoff_max_s: 60.0,
+        ..IngestConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let ingest = Ingest::start(
+        &[camera("bars", "test:ball"), missing],
+        &cfg,
+        stop.child_token(),
+    )
+    .unwrap();
+    let (bars, gone) = (status_of(&ingest, "bars"), status_of(&ingest, "gone"));
+    let collector = Collector::new(&ingest);
+    assert!(wait_state(&bars, CameraState::Streaming, Duration::from_secs(10)).is_some());
+    // Now waiting out a minute of backoff.
+    assert!(wait_state(&gone, CameraState::Reconnecting, Duration::from_secs(10)).is_some());
+    let t0 = Instant::now();
+    stop.cancel();
+    // A supervisor drops its status sender when its thread ends.
+    while bars.has_changed().is_ok() || gone.has_changed().is_ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "cameras still running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(collector);
+    ingest.stop(Duration::from_secs(2));
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
 fn a_file_loops_without_a_restart_or_finishes_when_loop_is_off() {
     logs();
     let uri = format!("file:{}", fixture("vtest-10s.mp4").display());
@@ -417,7 +458,12 @@ fn a_file_loops_without_a_restart_or_finishes_when_loop_is_off() {
         loop_file: false,
         ..camera("once", &uri)
     };
-    let ingest = Ingest::start(&[looped, once], &IngestConfig::default()).unwrap();
+    let ingest = Ingest::start(
+        &[looped, once],
+        &IngestConfig::default(),
+        CancellationToken::new(),
+    )
+    .unwrap();
     let (looped_rx, once_rx) = (status_of(&ingest, "looped"), status_of(&ingest, "once"));
     let collector = Collector::new(&ingest);
     // The clip lasts 10 s: wait until both cameras are past its end.
@@ -471,7 +517,12 @@ fn a_slow_consumer_loses_the_oldest_frames_and_they_are_counted() {
         queue_frames: 3,
         ..IngestConfig::default()
     };
-    let ingest = Ingest::start(&[camera("bars", "test:ball")], &cfg).unwrap();
+    let ingest = Ingest::start(
+        &[camera("bars", "test:ball")],
+        &cfg,
+        CancellationToken::new(),
+    )
+    .unwrap();
     let rx = status_of(&ingest, "bars");
     let hub = ingest.hub();
     // Nobody drains for 3 s.
@@ -512,7 +563,12 @@ fn a_stalled_source_is_restarted_and_a_template_can_come_from_disk() {
         pipelines_dir: Some(dir.path().to_owned()),
         ..IngestConfig::default()
     };
-    let ingest = Ingest::start(&[camera("stuck", "test:ball")], &cfg).unwrap();
+    let ingest = Ingest::start(
+        &[camera("stuck", "test:ball")],
+        &cfg,
+        CancellationToken::new(),
+    )
+    .unwrap();
     let rx = status_of(&ingest, "stuck");
     let noticed = wait_state(&rx, CameraState::Reconnecting, Duration::from_secs(5));
     std::thread::sleep(Duration::from_secs(2));
@@ -545,7 +601,12 @@ fn a_camera_that_cannot_be_built_fails_alone() {
     let e = check_pipeline(&nvidia, &cfg).unwrap_err();
     assert!(matches!(e, Error::MissingElement(_)), "{e}");
 
-    let ingest = Ingest::start(&[nvidia, camera("bars", "test:ball")], &cfg).unwrap();
+    let ingest = Ingest::start(
+        &[nvidia, camera("bars", "test:ball")],
+        &cfg,
+        CancellationToken::new(),
+    )
+    .unwrap();
     let (gpu, bars) = (status_of(&ingest, "gpu"), status_of(&ingest, "bars"));
     assert!(wait_state(&gpu, CameraState::Failed, Duration::from_secs(5)).is_some());
     assert!(wait_state(&bars, CameraState::Streaming, Duration::from_secs(5)).is_some());
@@ -593,7 +654,7 @@ fn rtsp_credentials_come_from_the_password_file_and_never_show() {
         login("bad", &bad),
         camera("inline", &inline),
     ];
-    let ingest = Ingest::start(&cameras, &quick_restarts()).unwrap();
+    let ingest = Ingest::start(&cameras, &quick_restarts(), CancellationToken::new()).unwrap();
     let collector = Collector::new(&ingest);
     let good_rx = status_of(&ingest, "good");
     let bad_rx = status_of(&ingest, "bad");
@@ -650,7 +711,7 @@ fn a_custom_template_can_use_fallbacksrc() {
     assert_eq!(src.property::<String>("uri"), server.url());
     drop(built);
 
-    let ingest = Ingest::start(&[cam], &cfg).unwrap();
+    let ingest = Ingest::start(&[cam], &cfg, CancellationToken::new()).unwrap();
     let collector = Collector::new(&ingest);
     let deadline = Instant::now() + Duration::from_secs(10);
     let real = loop {

@@ -10,6 +10,7 @@ use affectd::publish::{self, MqttConfig, Publisher, TlsConfig};
 use affectd::types::{CameraId, CameraState, CameraStatus};
 use mosquitto::{Mosquitto, Options, Subscriber};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -31,7 +32,8 @@ async fn wait_until(mut rx: watch::Receiver<bool>, want: bool, what: &str) {
 }
 
 async fn start_connected(config: &MqttConfig, node: &str) -> Publisher {
-    let publisher = publish::start(config, node).expect("start publisher");
+    let publisher =
+        publish::start(config, node, CancellationToken::new()).expect("start publisher");
     wait_until(publisher.ever_connected(), true, "first connect").await;
     publisher
 }
@@ -249,7 +251,7 @@ async fn publishing_never_blocks_when_the_broker_is_unreachable() {
         outbox_capacity: 100,
         ..config(port)
     };
-    let publisher = publish::start(&config, "n5").unwrap();
+    let publisher = publish::start(&config, "n5", CancellationToken::new()).unwrap();
     let start = Instant::now();
     for i in 0..1000 {
         publisher
@@ -340,7 +342,7 @@ async fn password_login_works_and_a_wrong_password_is_reported_and_retried() {
         client_id: Some("affectd-n7-bad".into()),
         ..login(bad)
     };
-    let refused = publish::start(&refused_config, "n7").unwrap();
+    let refused = publish::start(&refused_config, "n7", CancellationToken::new()).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let stats = refused.stats();
     assert!(stats.connection_errors >= 2, "retried: {stats:?}");
@@ -402,6 +404,7 @@ async fn tls_with_a_ca_file_and_mutual_tls_with_a_client_certificate() {
             ..tls_config.clone()
         },
         "nocert",
+        CancellationToken::new(),
     )
     .unwrap();
     // A CA that did not sign the server's certificate: the handshake fails.
@@ -415,6 +418,7 @@ async fn tls_with_a_ca_file_and_mutual_tls_with_a_client_certificate() {
             ..tls_config.clone()
         },
         "wrongca",
+        CancellationToken::new(),
     )
     .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -494,7 +498,7 @@ async fn a_refused_login_is_logged_as_an_error_without_the_password() {
         password_file: Some(file),
         ..config(broker.port())
     };
-    let publisher = publish::start(&config, "n9").unwrap();
+    let publisher = publish::start(&config, "n9", CancellationToken::new()).unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     publisher.shutdown(Duration::from_millis(100)).await;
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();

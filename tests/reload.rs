@@ -89,7 +89,7 @@ fn write_models(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 /// What person messages say about weights loaded from `path`.
 fn weights_id(path: &Path) -> String {
     let hex = affectd::digest::sha256_file(path).unwrap();
-    affectd::publish::ModelId::new("x", Some(&hex)).weights
+    affectd::model::ModelId::new("x", Some(&hex)).weights
 }
 
 fn config(broker: &Mosquitto, model_config: &Path, weights: &Path, extra: &str) -> String {
@@ -119,7 +119,7 @@ update_every = 2
 "#,
         clip = repo("tests/fixtures/vtest.mp4").display(),
         port = broker.port(),
-        engine = repo("engines/nanodet-m-416.toml").display(),
+        engine = repo("engines/nanodet-g-416.toml").display(),
         weights = weights.display(),
         model_config = model_config.display(),
     )

@@ -21,7 +21,7 @@ const CAMERA: &str = "walkway";
 /// The bundled detector, every frame sampled.
 fn detect_sections() -> String {
     format!(
-        "[detect]\nengine = \"{}/engines/nanodet-m-416.toml\"\nproviders = [\"cpu\"]\n\
+        "[detect]\nengine = \"{}/engines/nanodet-g-416.toml\"\nproviders = [\"cpu\"]\n\
          [window]\nstride = 1\n",
         env!("CARGO_MANIFEST_DIR")
     )

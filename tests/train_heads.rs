@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use affectd::capture::{Dataset, DatasetWriter, Manifest, WindowRecord};
 use affectd::model::preprocess::{CropPolicy, EncoderCrop};
-use affectd::model::{EmotionClass, Readout, ReadoutConfig};
+use affectd::readout::{EmotionClass, Readout, ReadoutConfig};
 use affectd::types::BBox;
 
 const CLASSES: [&str; 2] = ["calm", "joy"];

@@ -1,8 +1,8 @@
 //! On-site capture: per-track windows of encoder crops, exactly as the encoder saw them,
 //! stored in a local dataset folder for later training (nothing leaves the box).
 //!
-//! The encoder stage hands due windows ([`CaptureTap`]) over a bounded channel to a writer
-//! thread ([`Capture`]) that PNG-encodes and stores them ([`DatasetWriter`]) under a disk
+//! The encoder stage hands due windows through its tap ([`CaptureSender`] is its
+//! `WindowTap`) over a bounded channel to a writer thread ([`Capture`]) that PNG-encodes and stores them ([`DatasetWriter`]) under a disk
 //! quota; [`Dataset`] reads them back. The format is described in [`format`].
 
 mod config;
@@ -10,7 +10,6 @@ mod dataset;
 mod error;
 pub mod format;
 mod stage;
-mod tap;
 mod writer;
 
 pub use config::CaptureConfig;
@@ -18,7 +17,6 @@ pub use dataset::{Dataset, read_manifest};
 pub use error::CaptureError;
 pub use format::{CropSpec, FORMAT, FrameMeta, Manifest, SampleMeta};
 pub use stage::{Capture, CaptureSender, CaptureStats, CapturedWindow};
-pub use tap::CaptureTap;
 pub use writer::{DatasetWriter, WindowRecord, Written};
 
 #[cfg(test)]

@@ -1,31 +1,25 @@
-//! The capture writer thread: windows arrive on a bounded channel (the encoder never waits:
+//! The capture writer thread: windows arrive from the encoder's tap on a bounded channel
+//! (the encoder never waits:
 //! beyond `queue` waiting windows new ones are dropped and counted), are PNG-encoded and
 //! written to the dataset.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::CaptureError;
 use super::config::CaptureConfig;
 use super::format::Manifest;
 use super::writer::{DatasetWriter, WindowRecord};
-use crate::model::WindowFrames;
-use crate::types::CameraId;
+use crate::encode::{TappedWindow, WindowTap};
 
-/// One track's window, handed from the encoder to the writer.
-#[derive(Debug, Clone)]
-pub struct CapturedWindow {
-    pub camera: CameraId,
-    pub track_id: u64,
-    /// The name of the model that encoded it.
-    pub model: String,
-    pub frames: WindowFrames,
-}
+/// One person's window, handed from the encoder to the writer.
+pub type CapturedWindow = TappedWindow;
 
 /// Counters of the capture stage.
 #[derive(Debug, Default)]
@@ -74,10 +68,21 @@ impl CaptureSender {
     }
 }
 
+/// The encoder hands due windows to capture through its tap.
+impl WindowTap for CaptureSender {
+    fn every(&self) -> usize {
+        self.every
+    }
+
+    fn offer(&self, window: TappedWindow) -> bool {
+        CaptureSender::offer(self, window)
+    }
+}
+
 /// The running capture writer.
 pub struct Capture {
     sender: CaptureSender,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
     thread: JoinHandle<()>,
     /// Disconnected when the thread ends.
     done: Receiver<()>,
@@ -87,8 +92,13 @@ pub struct Capture {
 impl Capture {
     /// Opens (or creates) the dataset for a model described by `manifest` and starts the
     /// writer thread. Fails when the folder holds a dataset of another shape or another
-    /// process writes it.
-    pub fn start(cfg: &CaptureConfig, manifest: &Manifest) -> Result<Capture, CaptureError> {
+    /// process writes it. The thread stops when `stop` is cancelled (or every sender is
+    /// gone), after writing what is queued.
+    pub fn start(
+        cfg: &CaptureConfig,
+        manifest: &Manifest,
+        stop: CancellationToken,
+    ) -> Result<Capture, CaptureError> {
         let writer = DatasetWriter::open(&cfg.dir, manifest, cfg.quota_bytes())?;
         info!(
             dir = %cfg.dir.display(),
@@ -100,10 +110,9 @@ impl Capture {
         );
         let (tx, rx) = crossbeam_channel::bounded(cfg.queue.max(1));
         let stats = Arc::new(CaptureStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
         let thread = {
-            let (stats, stop) = (Arc::clone(&stats), Arc::clone(&stop));
+            let (stats, stop) = (Arc::clone(&stats), stop.clone());
             std::thread::Builder::new()
                 .name("capture".into())
                 .spawn(move || {
@@ -133,9 +142,10 @@ impl Capture {
         &self.sender.stats
     }
 
-    /// Writes what is queued (the encoder stopped first) and waits up to `timeout` for it.
+    /// Cancels the stop token: the thread writes what is queued (the encoder stopped first)
+    /// and ends; waits up to `timeout` for it.
     pub fn stop(self, timeout: Duration) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.cancel();
         let stats = Arc::clone(&self.sender.stats);
         drop(self.sender);
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -165,12 +175,12 @@ fn run(
     mut writer: DatasetWriter,
     rx: &Receiver<CapturedWindow>,
     stats: &CaptureStats,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
 ) {
     loop {
         let window = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(w) => w,
-            Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Relaxed) => continue,
+            Err(RecvTimeoutError::Timeout) if !stop.is_cancelled() => continue,
             // Stopping: write what is still queued, then end.
             Err(_) => match rx.try_recv() {
                 Ok(w) => w,

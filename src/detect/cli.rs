@@ -7,16 +7,16 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::ingest::FileFrames;
 use crate::track::{TrackConfig, Tracker};
 
-use super::input::FileFrames;
 use super::{DetectConfig, Detector, Error};
 
 /// `affectd detect --config PATH --input FILE [--json] [--track]`
 #[derive(Debug, Clone, clap::Args)]
 pub struct DetectArgs {
     /// The daemon config; its `[detect]` and `[track]` sections are used. Without it the
-    /// defaults apply (engine `engines/nanodet-m-416.toml` under the current folder).
+    /// defaults apply (engine `engines/nanodet-g-416.toml` under the current folder).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// An image (.png, .jpg) or a video file.

@@ -120,7 +120,7 @@ impl DetectConfig {
 }
 
 fn default_engine() -> PathBuf {
-    PathBuf::from("engines/nanodet-m-416.toml")
+    PathBuf::from("engines/nanodet-g-416.toml")
 }
 fn default_providers() -> Vec<Provider> {
     vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu]

@@ -3,7 +3,9 @@
 
 use crate::types::{BBox, Detection};
 
+use super::Error;
 use super::letterbox::Letterbox;
+use super::manifest::{Layout, Manifest};
 
 /// What every decoder needs: which class is a person and the score a box must reach.
 #[derive(Debug, Clone, Copy)]
@@ -168,6 +170,92 @@ pub fn to_frame(dets: &mut Vec<Detection>, lb: &Letterbox, width: u32, height: u
     dets.retain(|d| d.bbox.width() > 0.0 && d.bbox.height() > 0.0);
 }
 
+/// Decodes image `b` of a batch of `batch` from the model's raw outputs (shape, data) with the
+/// manifest's layout: persons unsorted, in network-input pixels.
+pub fn decode_image(
+    m: &Manifest,
+    p: &DecodeParams,
+    outputs: &[(&[i64], &[f32])],
+    b: usize,
+    batch: usize,
+    out: &mut Vec<Detection>,
+) -> Result<(), Error> {
+    fn image(data: &[f32], b: usize, batch: usize) -> Option<&[f32]> {
+        let n = data.len() / batch;
+        data.get(b * n..(b + 1) * n)
+    }
+    let per_image = |data| image(data, b, batch);
+    let shape_err = |what: &str| Error::Shape {
+        problem: format!(
+            "{what}; outputs are {:?}",
+            outputs.iter().map(|o| o.0).collect::<Vec<_>>()
+        ),
+    };
+    match m.layout {
+        Layout::Nanodet => {
+            let reg_len = (4 * m.reg_bins) as i64;
+            for &stride in &m.strides {
+                let (gw, gh) = grid_cells(m.input_width, m.input_height, stride);
+                let cells = (gw * gh) as i64;
+                let find = |last: i64| {
+                    outputs
+                        .iter()
+                        .find(|(s, _)| s.len() == 3 && s[1] == cells && s[2] == last)
+                        .and_then(|(_, d)| per_image(d))
+                };
+                let (Some(scores), Some(regs)) = (find(m.num_classes as i64), find(reg_len)) else {
+                    return Err(shape_err(&format!(
+                        "no [N, {cells}, {}] / [N, {cells}, {reg_len}] pair for stride {stride}",
+                        m.num_classes
+                    )));
+                };
+                let level = GflLevel {
+                    stride,
+                    grid_w: gw,
+                    scores,
+                    regs,
+                    bins: m.reg_bins,
+                    centre_offset: m.centre_offset,
+                };
+                decode_gfl(&level, p, out);
+            }
+        }
+        Layout::Yolov5 => {
+            let (_, d) = outputs.first().ok_or_else(|| shape_err("no output"))?;
+            decode_yolov5(per_image(d).unwrap_or(&[]), p, out);
+        }
+        Layout::Yolov8 => {
+            let (s, d) = outputs.first().ok_or_else(|| shape_err("no output"))?;
+            let ch = (4 + m.num_classes) as i64;
+            let (n, channels_first) = match s {
+                [_, c, n] if *c == ch => (*n, true),
+                [_, n, c] if *c == ch => (*n, false),
+                _ => return Err(shape_err(&format!("expected [N, {ch}, n] or [N, n, {ch}]"))),
+            };
+            decode_yolov8(
+                per_image(d).unwrap_or(&[]),
+                n as usize,
+                channels_first,
+                p,
+                out,
+            );
+        }
+        Layout::End2end => {
+            let (s, d) = outputs.first().ok_or_else(|| shape_err("no output"))?;
+            if s.last() != Some(&6) {
+                return Err(shape_err("expected [N, n, 6]"));
+            }
+            let data = if s.len() == 3 {
+                per_image(d).unwrap_or(&[])
+            } else {
+                d
+            };
+            decode_end2end(data, p, out);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,5 +418,67 @@ mod tests {
             dets[1].bbox,
             BBox::new(380.0 * s, 248.0 * s, 768.0, 576.0)
         ));
+    }
+
+    fn nanodet_manifest() -> Manifest {
+        toml::from_str(
+            r#"
+            model = "m.onnx"
+            sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+            layout = "nanodet"
+            input_width = 16
+            input_height = 16
+            channel_order = "bgr"
+            mean = [0, 0, 0]
+            std = [1, 1, 1]
+            num_classes = 2
+            person_class = 0
+            strides = [8]
+            reg_bins = 2
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_batched_output_is_split_per_image() {
+        let m = nanodet_manifest();
+        let p = DecodeParams {
+            num_classes: 2,
+            person_class: 0,
+            threshold: 0.5,
+        };
+        // Batch of 2, 2x2 grid, 2 classes; image 0 has a person in cell 0, image 1 in cell 3.
+        let mut cls = vec![0.0f32; 2 * 4 * 2];
+        cls[0] = 0.9;
+        cls[8 + 3 * 2] = 0.8;
+        // All distances one bin (= 8 px) with sharp logits.
+        let reg: Vec<f32> = (0..2 * 4 * 8)
+            .map(|i| if i % 2 == 1 { 30.0 } else { -30.0 })
+            .collect();
+        let outputs: [(&[i64], &[f32]); 2] = [(&[2, 4, 8], &reg), (&[2, 4, 2], &cls)];
+        let mut a = Vec::new();
+        decode_image(&m, &p, &outputs, 0, 2, &mut a).unwrap();
+        let mut b = Vec::new();
+        decode_image(&m, &p, &outputs, 1, 2, &mut b).unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!(b.len(), 1);
+        assert!((a[0].bbox.x1 - -4.0).abs() < 1e-3 && (a[0].bbox.x2 - 12.0).abs() < 1e-3);
+        assert!((b[0].bbox.x1 - 4.0).abs() < 1e-3 && (b[0].bbox.y2 - 20.0).abs() < 1e-3);
+        assert_eq!((a[0].score, b[0].score), (0.9, 0.8));
+    }
+
+    #[test]
+    fn missing_levels_are_a_shape_error() {
+        let m = nanodet_manifest();
+        let p = DecodeParams {
+            num_classes: 2,
+            person_class: 0,
+            threshold: 0.5,
+        };
+        let cls = vec![0.0f32; 8];
+        let outputs: [(&[i64], &[f32]); 1] = [(&[1, 4, 2], &cls)];
+        let e = decode_image(&m, &p, &outputs, 0, 1, &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("stride 8"), "{e}");
     }
 }

@@ -80,6 +80,11 @@ const fn default_centre_offset() -> f32 {
     0.5
 }
 
+/// Hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String, Error> {
+    crate::digest::sha256_file(path).map_err(|e| Error::io(path, e))
+}
+
 impl Manifest {
     /// Reads and checks a manifest.
     pub fn load(path: &Path) -> Result<Manifest, Error> {
@@ -106,6 +111,20 @@ impl Manifest {
     /// The ONNX file's path.
     pub fn model_path(&self) -> PathBuf {
         crate::config::resolve(&self.dir, &self.model)
+    }
+
+    /// Hashes the ONNX file and checks it against `sha256`; returns its path and digest.
+    pub fn verify_model(&self) -> Result<(PathBuf, String), Error> {
+        let model = self.model_path();
+        let sha256 = sha256_file(&model)?;
+        if !sha256.eq_ignore_ascii_case(&self.sha256) {
+            return Err(Error::Checksum {
+                path: model,
+                expected: self.sha256.clone(),
+                actual: sha256,
+            });
+        }
+        Ok((model, sha256))
     }
 
     fn check(&self) -> Result<(), String> {

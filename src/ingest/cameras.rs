@@ -1,10 +1,11 @@
 //! [`Ingest`]: every enabled camera's supervisor, the frame hub and the status channels.
 
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::config::{CameraConfig, IngestConfig};
@@ -21,12 +22,14 @@ const DROP_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Ingest {
     cameras: Vec<Running>,
     hub: FrameHub,
+    stop: CancellationToken,
+    /// Until when the pipelines may drain (EOS); set by [`Ingest::stop`] before it cancels.
+    eos_deadline: Arc<OnceLock<Instant>>,
 }
 
 struct Running {
     id: CameraId,
     status: watch::Receiver<CameraStatus>,
-    stop: Sender<Instant>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -34,33 +37,42 @@ impl Ingest {
     /// Initialises GStreamer and starts one supervisor per enabled camera. A camera whose
     /// pipeline cannot be built goes to `failed` and is retried with backoff; it never stops
     /// the others. Fails only when GStreamer cannot start or a thread cannot be spawned.
-    pub fn start(cameras: &[CameraConfig], cfg: &IngestConfig) -> Result<Ingest, Error> {
+    ///
+    /// Every camera stops when `stop` is cancelled: [`Ingest::stop`] cancels it after setting
+    /// how long EOS may drain the pipelines; cancelled from elsewhere, EOS gets about a second.
+    pub fn start(
+        cameras: &[CameraConfig],
+        cfg: &IngestConfig,
+        stop: CancellationToken,
+    ) -> Result<Ingest, Error> {
         pipeline::init()?;
         let mut hub = HubBuilder::new(cfg.queue_frames);
+        let eos_deadline = Arc::new(OnceLock::new());
         let mut running = Vec::new();
         let mut supervisors = Vec::new();
         for camera in cameras.iter().filter(|c| c.enabled) {
             let id: CameraId = camera.id.as_str().into();
             let (status_tx, status_rx) = watch::channel(CameraStatus::starting());
-            let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
             supervisors.push(Supervisor {
                 id: id.clone(),
                 camera: camera.clone(),
                 cfg: cfg.clone(),
                 queue: hub.queue(id.clone()),
                 status: status_tx,
-                stop: stop_rx,
+                stop: stop.clone(),
+                eos_deadline: Arc::clone(&eos_deadline),
             });
             running.push(Running {
                 id,
                 status: status_rx,
-                stop: stop_tx,
                 thread: None,
             });
         }
         let mut ingest = Ingest {
             cameras: running,
             hub: hub.build(),
+            stop,
+            eos_deadline,
         };
         for (slot, supervisor) in ingest.cameras.iter_mut().zip(supervisors) {
             let thread = std::thread::Builder::new()
@@ -87,23 +99,23 @@ impl Ingest {
             .collect()
     }
 
-    /// Stops every camera: EOS is sent and waited for (bounded), the pipelines are set to
-    /// NULL and the threads joined, all within about `timeout`.
+    /// Cancels the stop token and waits for every camera: EOS is sent and waited for
+    /// (bounded), the pipelines are set to NULL and the threads joined, all within about
+    /// `timeout`.
     pub fn stop(mut self, timeout: Duration) {
         self.shutdown(timeout);
     }
 
     fn shutdown(&mut self, timeout: Duration) {
         if self.cameras.is_empty() {
+            self.stop.cancel();
             return;
         }
         let start = Instant::now();
         // EOS gets three quarters of the time; tearing down and joining the rest.
-        let eos_deadline = start + timeout.mul_f64(0.75);
+        let _ = self.eos_deadline.set(start + timeout.mul_f64(0.75));
         let join_deadline = start + timeout;
-        for camera in &self.cameras {
-            let _ = camera.stop.try_send(eos_deadline);
-        }
+        self.stop.cancel();
         let cameras = std::mem::take(&mut self.cameras);
         for mut camera in cameras {
             let Some(thread) = camera.thread.take() else {

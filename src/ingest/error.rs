@@ -1,4 +1,5 @@
-//! `ingest::Error`: what can go wrong building or running a camera's pipeline.
+//! `ingest::Error`: what can go wrong building or running a camera's pipeline, or reading a
+//! file frame by frame.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,4 +46,8 @@ pub enum Error {
     Stalled(Duration),
     #[error("the source ended (end of stream)")]
     Eos,
+    /// A file read frame by frame ([`FileFrames`](super::FileFrames)) that cannot be opened or
+    /// decoded; errors on its pipeline's bus are [`Error::Stream`].
+    #[error("input {path}: {problem}")]
+    Input { path: PathBuf, problem: String },
 }

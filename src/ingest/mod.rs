@@ -5,6 +5,8 @@
 //! it with exponential backoff when it errors, stalls or ends. Frames go into a bounded
 //! drop-oldest queue per camera; one consumer waits on all of them through a [`FrameHub`].
 //! Status goes out on a `tokio::sync::watch` channel per camera.
+//! [`FileFrames`] reads every frame of an image or video file, unpaced, for `affectd detect`,
+//! tests and benchmarks.
 //!
 //! Why the supervisor restarts pipelines itself instead of using gst-plugins-rs `fallbacksrc`
 //! (which is registered, and works in a custom template in `[ingest] pipelines_dir`: its `uri`
@@ -18,17 +20,17 @@
 //!   and a single mechanism keeps them alike; `rtspsrc` properties (transport, latency,
 //!   credentials) stay plain properties of the `src` element.
 
-mod backoff;
 mod cameras;
 mod config;
 mod error;
+mod file_frames;
 mod pipeline;
 mod queue;
 mod supervisor;
 
-pub use backoff::Backoff;
 pub use cameras::Ingest;
 pub use config::{CameraConfig, Decoder, IngestConfig, RtspTransport, Source, redact_userinfo};
 pub use error::Error;
+pub use file_frames::{FileFrames, VideoFile, read_image};
 pub use pipeline::{Built, Template, build as build_pipeline, check_pipeline, init};
 pub use queue::{FrameHub, FrameQueue};

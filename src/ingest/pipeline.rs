@@ -400,8 +400,9 @@ pub(crate) fn connect_sink(
     );
 }
 
-/// Copies a mapped RGB buffer into a packed frame, removing stride padding.
-fn to_frame(
+/// Copies a mapped RGB buffer into a packed frame, removing stride padding; `None` when it is
+/// not RGB or smaller than its caps say.
+pub(super) fn to_frame(
     buffer: &gst::BufferRef,
     info: &gst_video::VideoInfo,
     camera: &CameraId,

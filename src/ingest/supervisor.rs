@@ -2,33 +2,36 @@
 //! bus, detects stalls and end of stream, and restarts it with exponential backoff.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use gst::prelude::*;
 use gstreamer as gst;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::backoff::Backoff;
 use super::config::{CameraConfig, IngestConfig, redact_userinfo};
 use super::error::Error;
 use super::pipeline::{self, Built, RunStats, Template};
 use super::queue::FrameQueue;
+use crate::backoff::Backoff;
 use crate::types::{CameraId, CameraState, CameraStatus, now_rfc3339};
 
 /// A run that streamed this long counts as healthy: the next failure restarts after the
 /// initial backoff again.
 const HEALTHY_RUN: Duration = Duration::from_secs(5);
-/// How often the bus, the stop signal and the stall clock are looked at.
+/// How often the bus, the stop token and the stall clock are looked at while a pipeline plays.
 const TICK: Duration = Duration::from_millis(100);
 /// How often fps and drop counts are refreshed in the status.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// The window fps is measured over.
 const FPS_WINDOW: Duration = Duration::from_secs(2);
-/// Shutdown grace when the [`Ingest`](super::Ingest) was dropped without `stop`.
-const DROP_GRACE: Duration = Duration::from_secs(1);
+/// EOS grace when the stop token was cancelled without [`Ingest::stop`](super::Ingest::stop)
+/// setting a deadline.
+const EOS_GRACE: Duration = Duration::from_secs(1);
 
 /// Everything a supervisor thread owns.
 pub(crate) struct Supervisor {
@@ -37,8 +40,10 @@ pub(crate) struct Supervisor {
     pub(crate) cfg: IngestConfig,
     pub(crate) queue: Arc<FrameQueue>,
     pub(crate) status: watch::Sender<CameraStatus>,
-    /// Receives the shutdown deadline; disconnected means shut down too.
-    pub(crate) stop: Receiver<Instant>,
+    /// Cancelled at shutdown.
+    pub(crate) stop: CancellationToken,
+    /// Until when EOS may drain the pipeline once `stop` is cancelled, if set before.
+    pub(crate) eos_deadline: Arc<OnceLock<Instant>>,
 }
 
 /// How one pipeline run ended.
@@ -88,7 +93,7 @@ impl Supervisor {
                     self.set_state(CameraState::Failed, Some("finished: end of file".into()));
                     self.status.send_modify(|s| s.fps = 0.0);
                     // Stay finished until shutdown.
-                    let _ = self.stop.recv();
+                    wait_cancelled(&self.stop, None);
                     return;
                 }
                 RunEnd::Retry(e) => e,
@@ -116,9 +121,8 @@ impl Supervisor {
             self.set_state(state, Some(text.clone()));
             last_error = Some(text);
             self.status.send_modify(|s| s.fps = 0.0);
-            match self.stop.recv_timeout(delay) {
-                Err(RecvTimeoutError::Timeout) => {}
-                Ok(_) | Err(RecvTimeoutError::Disconnected) => return,
+            if wait_cancelled(&self.stop, Some(delay)) {
+                return;
             }
         }
     }
@@ -152,12 +156,10 @@ impl Supervisor {
         let mut streaming_since: Option<Instant> = None;
         let mut next_status = Instant::now() + STATUS_EVERY;
         loop {
-            match self.stop.try_recv() {
-                Ok(deadline) => return self.shutdown(&pipeline, &bus, deadline),
-                Err(TryRecvError::Disconnected) => {
-                    return self.shutdown(&pipeline, &bus, Instant::now() + DROP_GRACE);
-                }
-                Err(TryRecvError::Empty) => {}
+            if self.stop.is_cancelled() {
+                let deadline = self.eos_deadline.get().copied();
+                let deadline = deadline.unwrap_or_else(|| Instant::now() + EOS_GRACE);
+                return self.shutdown(&pipeline, &bus, deadline);
             }
             // Other messages (state changes, tags, QoS) are discarded here.
             let wanted = [
@@ -284,6 +286,36 @@ impl Supervisor {
     }
 }
 
+/// Blocks this thread until `token` is cancelled (true) or `timeout` passes (false; `None`
+/// waits for ever). The token's future wakes the thread by unparking it: no polling.
+fn wait_cancelled(token: &CancellationToken, timeout: Option<Duration>) -> bool {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut cancelled = std::pin::pin!(token.cancelled());
+    loop {
+        if let Poll::Ready(()) = cancelled.as_mut().poll(&mut cx) {
+            return true;
+        }
+        match deadline {
+            None => std::thread::park(),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                std::thread::park_timeout(left);
+            }
+        }
+    }
+}
+
 /// Makes a GStreamer error text about a camera safe to log and publish: the URI's user info
 /// and the password become `***`, newlines become spaces.
 fn scrub(text: &str, uri: &str, password: Option<&str>) -> String {
@@ -339,6 +371,25 @@ mod tests {
         );
         assert_eq!(scrub("a@b", "rtsp://h/p@x", None), "a@b");
         assert_eq!(scrub("x", "rtsp://@h/p", Some("")), "x");
+    }
+
+    #[test]
+    fn waiting_for_the_stop_token_ends_at_the_timeout_or_at_once_on_cancel() {
+        let token = CancellationToken::new();
+        let start = Instant::now();
+        assert!(!wait_cancelled(&token, Some(Duration::from_millis(50))));
+        assert!(start.elapsed() >= Duration::from_millis(50));
+
+        let cancel = token.clone();
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            cancel.cancel();
+        });
+        let start = Instant::now();
+        assert!(wait_cancelled(&token, Some(Duration::from_secs(30))));
+        assert!(start.elapsed() < Duration::from_secs(10));
+        canceller.join().unwrap();
+        assert!(wait_cancelled(&token, None));
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::types::{BBox, rfc3339};
+use crate::model::ModelId;
+use crate::readout::ReadoutSource;
+use crate::types::{BBox, SpanEvent, rfc3339};
 
 /// `schema` of [`PersonMessage`].
 pub const PERSON_SCHEMA: &str = "affectd.person/1";
@@ -57,54 +59,6 @@ impl WindowSpan {
     }
 }
 
-/// Where a message's numbers come from: zero-shot scores or a fitted emotion head;
-/// valence/arousal from the lexicon (class coordinates weighted by scores) or a fitted head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ReadoutSource {
-    pub scores: ScoresSource,
-    pub valence_arousal: ValenceArousalSource,
-}
-
-/// `readout.scores`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ScoresSource {
-    /// Cosine similarity to the configured classes' text embeddings.
-    ZeroShot,
-    /// The emotion head of `[readout] heads_file`; the classes are the head's.
-    Head,
-}
-
-/// `readout.valence_arousal`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ValenceArousalSource {
-    /// The classes' circumplex coordinates weighted by their probabilities.
-    Lexicon,
-    /// The valence/arousal head of `[readout] heads_file`.
-    Head,
-}
-
-/// Which model produced a result: a name and the weights' digest, or `untrained`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ModelId {
-    pub name: String,
-    pub weights: String,
-}
-
-impl ModelId {
-    /// `sha256` is the hex digest of the weights file; `None` for seeded random weights.
-    pub fn new(name: impl Into<String>, sha256: Option<&str>) -> Self {
-        Self {
-            name: name.into(),
-            weights: match sha256 {
-                Some(hex) => format!("sha256:{}", &hex[..hex.len().min(16)]),
-                None => "untrained".to_owned(),
-            },
-        }
-    }
-}
-
 /// A track begins (confirmed) or ends (removed): `<prefix>/<node>/<camera>/tracks`.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrackEvent {
@@ -112,19 +66,12 @@ pub struct TrackEvent {
     pub node: String,
     pub camera: String,
     pub track_id: u64,
-    pub event: TrackEventKind,
+    pub event: SpanEvent,
     pub time: String,
     pub first_seen: String,
     pub last_seen: String,
     #[serde(rename = "box")]
     pub bbox: [f32; 4],
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TrackEventKind {
-    Begin,
-    End,
 }
 
 /// A box in a `width` x `height` frame as [x1, y1, x2, y2] in [0, 1].
@@ -137,6 +84,7 @@ pub fn normalised_box(b: &BBox, width: u32, height: u32) -> [f32; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::readout::{ScoresSource, ValenceArousalSource};
     use std::time::Duration;
 
     fn validator(name: &str) -> jsonschema::Validator {
@@ -207,7 +155,7 @@ mod tests {
             node: "demo".into(),
             camera: "walkway".into(),
             track_id: 1,
-            event: TrackEventKind::End,
+            event: SpanEvent::End,
             time: t.clone(),
             first_seen: t.clone(),
             last_seen: t,
@@ -216,11 +164,5 @@ mod tests {
         let json = serde_json::to_value(event).unwrap();
         assert!(v.is_valid(&json), "{:?}", v.validate(&json).err());
         assert_eq!(json["event"], "end");
-    }
-
-    #[test]
-    fn model_id_carries_a_short_digest() {
-        let id = ModelId::new("emotionclip-vitb32", Some(&"ab".repeat(32)));
-        assert_eq!(id.weights, format!("sha256:{}", "ab".repeat(8)));
     }
 }

@@ -54,9 +54,22 @@ pub fn check(config: &Config) -> CheckReport {
     }
     if let Some(model) = &config.model
         && let Some(arch) = check_model(&mut report, model)
-        && let Some(capture) = config.capture.as_ref().filter(|c| c.enabled)
     {
-        check_capture(&mut report, capture, model, &arch);
+        let video_len = arch.temporal.video_len;
+        if config.window.length == video_len {
+            report.ok("window", format!("length {video_len} = the model's window"));
+        } else {
+            report.fail(
+                "window",
+                format!(
+                    "window.length: {} does not match the model's window of {video_len} frames",
+                    config.window.length
+                ),
+            );
+        }
+        if let Some(capture) = config.capture.as_ref().filter(|c| c.enabled) {
+            check_capture(&mut report, capture, model, &arch);
+        }
     }
     for camera in config.enabled_cameras() {
         report.record(
@@ -97,7 +110,7 @@ pub fn check(config: &Config) -> CheckReport {
 /// weights will serve. Returns the architecture when it could be read.
 fn check_model(
     report: &mut CheckReport,
-    cfg: &crate::model::ModelConfig,
+    cfg: &crate::encode::ModelConfig,
 ) -> Option<crate::model::EmotionClipConfig> {
     use crate::model::{EmotionClip, EmotionClipConfig};
     let arch = match &cfg.config {
@@ -137,7 +150,7 @@ fn check_model(
 fn check_capture(
     report: &mut CheckReport,
     cfg: &crate::capture::CaptureConfig,
-    model: &crate::model::ModelConfig,
+    model: &crate::encode::ModelConfig,
     arch: &crate::model::EmotionClipConfig,
 ) {
     use crate::capture::{CaptureError, Dataset, Manifest};

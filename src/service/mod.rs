@@ -1,15 +1,15 @@
-//! Service: supervision, signals, systemd notify and watchdog, `affectd check`.
+//! Service: runs the stages. Supervision and ordered shutdown, signals, reloads, systemd
+//! notify and watchdog, `affectd check`.
 
-mod analytics;
 mod check;
 mod config;
-mod health;
 mod reload;
 mod run;
 mod signals;
+mod systemd;
 
 pub use check::{CheckReport, check};
 pub use config::ServiceConfig;
-pub use health::{Beat, Health, Systemd};
 pub use run::run;
 pub use signals::{Signal, Signals};
+pub use systemd::Systemd;

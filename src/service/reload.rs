@@ -19,8 +19,8 @@ use toml::Table;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::model::{self, EncoderSender};
-use crate::publish::ModelId;
+use crate::encode::{self, EncoderSender};
+use crate::model::ModelId;
 
 /// Top-level sections that reload.
 const RELOADABLE: [&str; 2] = ["model", "readout"];
@@ -94,17 +94,15 @@ impl Reloader {
         let readout_cfg = config.readout.clone();
         let loaded = {
             let model_cfg = model_cfg.clone();
-            tokio::task::spawn_blocking(move || model::load(&model_cfg, &readout_cfg))
+            tokio::task::spawn_blocking(move || encode::load(&model_cfg, &readout_cfg))
                 .await
                 .context("model loading panicked")?
                 .context("cannot load the new model")?
         };
-        let options = super::run::stage_options(&config, &model_cfg, None);
-        let reply = encoder.swap(loaded, &options);
-        let id = tokio::task::spawn_blocking(move || reply.recv_timeout(SWAP_TIMEOUT))
+        let reply = encoder.swap(loaded, super::run::settings(&config, &model_cfg));
+        let id = tokio::task::spawn_blocking(move || reply.wait(SWAP_TIMEOUT))
             .await
             .context("waiting for the encoder panicked")?
-            .map_err(|_| anyhow!("the encoder did not take the new model within {SWAP_TIMEOUT:?}"))?
             .map_err(|e| anyhow!(e))?;
         self.applied = applied_after(&self.applied, &table);
         Ok(Some(id))

@@ -5,24 +5,27 @@
 //! runtime only runs MQTT, signals and timers.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::analytics::{Analytics, Pipeline};
-use super::health::{Health, Systemd};
 use super::reload::Reloader;
 use super::signals::{Signal, Signals};
+use super::systemd::Systemd;
+use crate::analytics::{Analytics, Pipeline};
 use crate::capture::{Capture, Manifest};
 use crate::config::Config;
 use crate::detect::Detector;
+use crate::encode::{self, EncoderStage, Settings, StageOptions, WindowTap};
+use crate::health::Health;
 use crate::ingest::Ingest;
-use crate::model::{self, EncoderStage, StageOptions};
-use crate::publish;
-use crate::types::{CameraId, CameraState, CameraStatus};
+use crate::publish::{self, ResultPublisher};
+use crate::types::{CameraId, CameraState, CameraStatus, ResultSink};
 
 /// Runs the daemon until SIGTERM or SIGINT. `path` is the file `config` was read from: SIGHUP
 /// re-reads it.
@@ -53,14 +56,30 @@ async fn supervise(config: Config, path: &Path) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "affectd starting"
     );
-    let mqtt = publish::start(&config.mqtt, &config.node.id).context("cannot start MQTT")?;
+    // One token per stage, cancelled in data-flow order at shutdown.
+    let stop = CancellationToken::new();
+    let (analytics_stop, encoder_stop) = (stop.child_token(), stop.child_token());
+    let (ingest_stop, capture_stop, mqtt_stop) =
+        (stop.child_token(), stop.child_token(), stop.child_token());
+    let mqtt =
+        publish::start(&config.mqtt, &config.node.id, mqtt_stop).context("cannot start MQTT")?;
+    let results: Arc<dyn ResultSink> =
+        Arc::new(ResultPublisher::new(mqtt.clone(), &config.node.id));
     // Engines load before any camera starts: a bad model file fails here, not mid-stream.
     let mut capture = None;
     let encoder = match &config.model {
         Some(model_cfg) => {
             let loaded =
-                model::load(model_cfg, &config.readout).context("cannot load the model")?;
+                encode::load(model_cfg, &config.readout).context("cannot load the model")?;
             info!(model = %loaded.id.name, weights = %loaded.id.weights, "model ready");
+            let video_len = loaded.encoder.model().video_len();
+            if config.window.length != video_len {
+                anyhow::bail!(
+                    "window.length: {} does not match the model's window of {video_len} frames \
+                     (set it to {video_len} or remove it)",
+                    config.window.length
+                );
+            }
             if let Some(capture_cfg) = config.capture.as_ref().filter(|c| c.enabled) {
                 let model = loaded.encoder.model();
                 let manifest = Manifest::new(
@@ -69,13 +88,29 @@ async fn supervise(config: Config, path: &Path) -> anyhow::Result<()> {
                     model_cfg.crop_policy(),
                     &loaded.id.name,
                 );
-                capture =
-                    Some(Capture::start(capture_cfg, &manifest).context("cannot start [capture]")?);
+                capture = Some(
+                    Capture::start(capture_cfg, &manifest, capture_stop)
+                        .context("cannot start [capture]")?,
+                );
             }
-            let options = stage_options(&config, model_cfg, capture.as_ref().map(Capture::sender));
+            let options = StageOptions {
+                settings: settings(&config, model_cfg),
+                queue: model_cfg.queue,
+                max_per_camera: config.window.max_tracks,
+            };
+            let tap = capture
+                .as_ref()
+                .map(|c| Box::new(c.sender()) as Box<dyn WindowTap>);
             Some(
-                EncoderStage::spawn(loaded, options, mqtt.clone(), health.register("encoder"))
-                    .context("cannot start the encoder thread")?,
+                EncoderStage::spawn(
+                    loaded,
+                    options,
+                    Arc::clone(&results),
+                    tap,
+                    health.register("encoder"),
+                    encoder_stop,
+                )
+                .context("cannot start the encoder thread")?,
             )
         }
         None => None,
@@ -86,16 +121,21 @@ async fn supervise(config: Config, path: &Path) -> anyhow::Result<()> {
             track: config.track.clone(),
             window: config.window.clone(),
             encoder: encoder.as_ref().map(EncoderStage::sender),
-            publisher: mqtt.clone(),
-            node: config.node.id.clone(),
+            results: Arc::clone(&results),
         }),
         None => None,
     };
-    let ingest = Ingest::start(&config.cameras, &config.ingest).context("cannot start ingest")?;
+    let ingest = Ingest::start(&config.cameras, &config.ingest, ingest_stop)
+        .context("cannot start ingest")?;
     let statuses = ingest.statuses();
     let status_task = publish::spawn_camera_status(mqtt.clone(), statuses.clone());
-    let analytics = Analytics::spawn(ingest.hub(), pipeline, health.register("analytics"))
-        .context("cannot start the analytics thread")?;
+    let analytics = Analytics::spawn(
+        ingest.hub(),
+        pipeline,
+        health.register("analytics"),
+        analytics_stop,
+    )
+    .context("cannot start the analytics thread")?;
 
     let mut ready = Box::pin(wait_ready(statuses, mqtt.ever_connected()));
     let mut ready_sent = false;
@@ -187,7 +227,7 @@ async fn supervise(config: Config, path: &Path) -> anyhow::Result<()> {
 /// tells systemd it is reloading once the service is up.
 fn start_reload(
     reloader: &mut Option<Reloader>,
-    encoder: Option<crate::model::EncoderSender>,
+    encoder: Option<crate::encode::EncoderSender>,
     systemd: Systemd,
     ready_sent: bool,
 ) -> Option<JoinHandle<Reloader>> {
@@ -217,19 +257,11 @@ async fn wait_ready(
     let _ = connected.wait_for(|c| *c).await;
 }
 
-/// The encoder stage's settings from the config (a reload passes `capture: None`: a swap
-/// takes the model's own settings only and capture keeps running as it is).
-pub(crate) fn stage_options(
-    config: &Config,
-    model_cfg: &crate::model::ModelConfig,
-    capture: Option<crate::capture::CaptureSender>,
-) -> StageOptions {
-    StageOptions {
-        node: config.node.id.clone(),
+/// The encoder settings a reload may change, from the config.
+pub(crate) fn settings(config: &Config, model_cfg: &crate::encode::ModelConfig) -> Settings {
+    Settings {
         max_batch: model_cfg.max_batch,
-        queue: model_cfg.queue,
         ema_alpha: config.readout.ema_alpha,
         include_embedding: model_cfg.include_embedding,
-        capture,
     }
 }

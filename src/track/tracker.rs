@@ -23,6 +23,9 @@ pub struct Track {
     pub score: f32,
     /// Frames since the track was created.
     pub age: u32,
+    /// Frames in which the track was reported active (confirmed and matched), this one
+    /// included: 1 on its first.
+    pub sightings: u32,
     /// When the track's first detection was seen.
     pub first_seen: SystemTime,
 }
@@ -64,6 +67,7 @@ struct Entry {
     hits: u32,
     missed: u32,
     age: u32,
+    sightings: u32,
     score: f32,
     detection: Option<usize>,
     last_box: BBox,
@@ -215,6 +219,7 @@ impl Tracker {
                 hits: 1,
                 missed: 0,
                 age: 0,
+                sightings: 0,
                 score: d.score,
                 detection: Some(i),
                 last_box: d.bbox,
@@ -232,15 +237,17 @@ impl Tracker {
 
         out.active = self
             .tracks
-            .iter()
+            .iter_mut()
             .filter(|t| t.state == State::Confirmed && t.detection.is_some())
             .filter_map(|t| {
+                t.sightings += 1;
                 Some(Track {
                     id: t.id?,
                     bbox: t.kf.bbox(),
                     detection: t.detection,
                     score: t.score,
                     age: t.age,
+                    sightings: t.sightings,
                     first_seen: t.first_seen,
                 })
             })

@@ -8,7 +8,7 @@ use crate::config::{ConfigError, check_range};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowConfig {
-    /// Entries per track window (the emotion model reads 8).
+    /// Frames per person window: must equal the model's `video_len` (8 for EmotionCLIP).
     #[serde(default = "default_length")]
     pub length: usize,
     /// Sample every n-th frame in which the track is seen (1 = every one).
@@ -17,7 +17,8 @@ pub struct WindowConfig {
     /// Frames a track must have existed before its window starts filling.
     #[serde(default = "default_min_track_age")]
     pub min_track_age: u32,
-    /// Most windows per camera (bounds memory); tracks beyond it get no window.
+    /// Most person windows per camera (bounds the encoder's memory); samples of tracks beyond
+    /// it are dropped (counted) until a window frees.
     #[serde(default = "default_max_tracks")]
     pub max_tracks: usize,
 }

@@ -1,7 +1,9 @@
 //! Fitting on synthetic embeddings with known structure.
 
-use super::*;
-use crate::model::{EmotionClass, Readout, ReadoutConfig};
+use super::emotion::L2_GRID;
+use super::examples::Example;
+use super::fit::{FitError, FitOptions, fit};
+use crate::readout::{EmotionClass, HeadsFile, Readout, ReadoutConfig};
 
 /// Deterministic standard normals (SplitMix64 + Box-Muller).
 struct Normal(u64);

@@ -9,20 +9,23 @@
 //! The student and config are written under temporary names and renamed into place, so a
 //! daemon reloading from this folder never reads a half-written file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::distill::{EvalRecord, Run, RunState, StepRecord};
+use super::checkpoint::{EvalRecord, RunState, StepRecord, write_json};
+use super::data::WindowSource;
 use super::loss::Agreement;
 use super::plot::{self, Panel, Series};
+use super::settings::Settings;
 use super::student::Student;
-use super::teacher::stack_windows;
-use super::write_atomic;
+use super::teacher::{Teacher, stack_windows};
+use crate::model::preprocess::EncoderCrop;
 use crate::model::{EmotionClip, EmotionClipConfig};
+use crate::train::atomic::write_atomic;
 
 /// Frame-encoder throughput of the teacher and the student on the same frames.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -42,7 +45,7 @@ pub struct Report {
     pub teacher: TeacherInfo,
     pub student: StudentInfo,
     pub data: DataInfo,
-    pub settings: super::distill::Settings,
+    pub settings: Settings,
     pub steps: usize,
     /// Training windows per second (forward, backward and update; evaluation excluded).
     pub train_windows_per_s: f64,
@@ -119,63 +122,100 @@ fn frames_per_s(
     Ok(n as f64 / best.max(1e-9))
 }
 
+/// What the end of a run hands to the report.
+pub(crate) struct RunEnd<'a> {
+    /// The output folder.
+    pub out: &'a Path,
+    /// Where the data came from.
+    pub data: &'a Path,
+    pub settings: &'a Settings,
+    pub teacher: &'a Teacher,
+    pub source: &'a dyn WindowSource,
+    pub student: &'a Student,
+    pub student_cfg: &'a EmotionClipConfig,
+    pub state: &'a RunState,
+    /// Indices of the training and held-out windows.
+    pub train: &'a [usize],
+    pub val: &'a [usize],
+}
+
 /// Exports the student, measures it against the teacher and writes the report.
-pub(crate) fn finish(
-    run: &Run,
+pub(crate) fn finish(end: &RunEnd) -> anyhow::Result<Report> {
+    let (weights, served) = export(end.out, end.student, end.student_cfg, end.teacher)?;
+    let window = end.val.first().or(end.train.first()).copied().unwrap_or(0);
+    let speed = measure_speed(&end.teacher.model, &served, end.source.load(window)?)?;
+    let report = compose(end, &weights, speed)?;
+    write_json(&end.out.join("report.json"), &report)?;
+    write_atomic(&end.out.join("report.png"), |tmp| plot_report(tmp, &report))?;
+    Ok(report)
+}
+
+/// Writes `student.safetensors` and `config.json` into `out`, and loads them back as the
+/// daemon will (proving they serve): the weights path and the served model.
+fn export(
+    out: &Path,
     student: &Student,
     cfg: &EmotionClipConfig,
-    state: &RunState,
-    train: &[usize],
-    val: &[usize],
-) -> anyhow::Result<Report> {
-    let out = &run.paths.out;
+    teacher: &Teacher,
+) -> anyhow::Result<(PathBuf, EmotionClip)> {
     let weights = out.join("student.safetensors");
     write_atomic(&weights, |tmp| Ok(student.params.export(tmp)?))?;
-    write_atomic(&out.join("config.json"), |tmp| {
-        Ok(std::fs::write(tmp, serde_json::to_vec_pretty(cfg)?)?)
-    })?;
-    // The exported file, loaded as the daemon will load it: proves it serves.
-    let served = EmotionClip::load(&weights, cfg, run.device())
+    write_json(&out.join("config.json"), cfg)?;
+    let served = EmotionClip::load(&weights, cfg, teacher.model.device())
         .with_context(|| format!("re-loading the exported {}", weights.display()))?;
-    let window = val.first().or(train.first()).copied().unwrap_or(0);
-    let (pixels, masks) = stack_windows(&[run.source.load(window)?], run.device())?;
+    Ok((weights, served))
+}
+
+/// Frame-encoder throughput of the teacher and the `served` student on the frames of
+/// `window`.
+fn measure_speed(
+    teacher: &EmotionClip,
+    served: &EmotionClip,
+    window: Vec<EncoderCrop>,
+) -> anyhow::Result<Speed> {
+    let (pixels, masks) = stack_windows(&[window], teacher.device())?;
     let min_time = Duration::from_millis(500);
-    let teacher_fps = frames_per_s(&run.teacher.model, &pixels, &masks, min_time)?;
-    let student_fps = frames_per_s(&served, &pixels, &masks, min_time)?;
-    let speed = Speed {
+    let teacher_fps = frames_per_s(teacher, &pixels, &masks, min_time)?;
+    let student_fps = frames_per_s(served, &pixels, &masks, min_time)?;
+    Ok(Speed {
         batch: pixels.dim(0)?,
         teacher_frames_per_s: teacher_fps,
         student_frames_per_s: student_fps,
         speedup: student_fps / teacher_fps.max(1e-9),
-    };
-    let teacher_cfg = run.teacher.model.config();
+    })
+}
+
+/// The report of the run that ended with the student at `weights`.
+fn compose(end: &RunEnd, weights: &Path, speed: Speed) -> anyhow::Result<Report> {
+    let (teacher, state) = (end.teacher, end.state);
+    let teacher_cfg = teacher.model.config();
     let initial = state.evals.first().map(|e| e.agreement).unwrap_or_default();
     let result = state.evals.last().map(|e| e.agreement).unwrap_or_default();
-    let report = Report {
+    Ok(Report {
         format: "affectd-distill-report/1".into(),
         affectd: env!("CARGO_PKG_VERSION").into(),
         teacher: TeacherInfo {
-            weights: run.teacher.weights.display().to_string(),
-            sha256: run.teacher.sha256.clone(),
+            weights: teacher.weights.display().to_string(),
+            sha256: teacher.sha256.clone(),
             config: teacher_cfg.clone(),
             frame_encoder_params: frame_encoder_params(teacher_cfg),
         },
         student: StudentInfo {
             weights: weights.display().to_string(),
-            sha256: crate::digest::sha256_file(&weights)?,
-            config: cfg.clone(),
-            frame_encoder_params: frame_encoder_params(cfg),
-            trainable_params: student.params.trainable_count(),
+            sha256: crate::digest::sha256_file(weights)?,
+            config: end.student_cfg.clone(),
+            frame_encoder_params: frame_encoder_params(end.student_cfg),
+            trainable_params: end.student.params.trainable_count(),
         },
         data: DataInfo {
-            dir: run.data.display().to_string(),
-            windows: run.source.len(),
-            train: train.len(),
-            held_out: val.len(),
+            dir: end.data.display().to_string(),
+            windows: end.source.len(),
+            train: end.train.len(),
+            held_out: end.val.len(),
         },
-        settings: run.settings.clone(),
+        settings: end.settings.clone(),
         steps: state.step,
-        train_windows_per_s: (state.history.len() * run.settings.batch) as f64
+        train_windows_per_s: (state.history.len() * end.settings.batch) as f64
             / state.train_seconds.max(1e-9),
         train_seconds: state.train_seconds,
         initial,
@@ -183,12 +223,7 @@ pub(crate) fn finish(
         speed,
         evals: state.evals.clone(),
         history: state.history.clone(),
-    };
-    write_atomic(&out.join("report.json"), |tmp| {
-        Ok(std::fs::write(tmp, serde_json::to_vec_pretty(&report)?)?)
-    })?;
-    write_atomic(&out.join("report.png"), |tmp| plot_report(tmp, &report))?;
-    Ok(report)
+    })
 }
 
 /// Loss curves (train, and held-out at each evaluation) and held-out agreement curves.

@@ -1,5 +1,6 @@
-//! Frames from a still image or a video file, for `affectd detect`, tests and benchmarks.
-//! (The daemon's live sources are in `ingest`.)
+//! Every frame of a still image or a video file, in order and as fast as they decode: for
+//! `affectd detect`, tests and benchmarks. (The daemon's cameras, files included, play at
+//! their natural rate in the supervised pipelines built from `pipelines/` templates.)
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,11 +10,17 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
-use gstreamer_video::prelude::*;
 
-use crate::types::Frame;
+use crate::types::{CameraId, Frame};
 
-use super::Error;
+use super::error::Error;
+use super::pipeline::{bus_error, init, to_frame};
+
+/// Decodes the whole file to RGB, unsynchronised and without dropping frames (the camera
+/// template `pipelines/file.pipeline` plays at the clock's pace and converts the rate). The
+/// path is set as `src`'s property, never pasted in.
+const DECODE: &str = "filesrc name=src ! decodebin ! videoconvert ! video/x-raw,format=RGB ! \
+                      appsink name=sink sync=false max-buffers=4";
 
 /// Frames of an input file, in order.
 pub enum FileFrames {
@@ -69,7 +76,7 @@ pub fn read_image(path: &Path, camera: &str) -> Result<Frame, Error> {
 /// A video file decoded to packed RGB by `filesrc ! decodebin ! videoconvert ! appsink`.
 pub struct VideoFile {
     path: PathBuf,
-    camera: Arc<str>,
+    camera: CameraId,
     pipeline: gst::Pipeline,
     sink: gst_app::AppSink,
     seq: u64,
@@ -85,18 +92,21 @@ impl VideoFile {
         if !path.is_file() {
             return Err(err("no such file".into()));
         }
-        gst::init().map_err(|e| err(format!("GStreamer init: {e}")))?;
-        let pipeline = gst::parse::launch(
-            "filesrc name=src ! decodebin ! videoconvert ! video/x-raw,format=RGB ! \
-             appsink name=sink sync=false max-buffers=4",
-        )
-        .map_err(|e| err(e.to_string()))?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| err("not a pipeline".into()))?;
+        init()?;
+        let pipeline = gst::parse::launch_full(DECODE, None, gst::ParseFlags::FATAL_ERRORS)
+            .map_err(|e| match e.kind::<gst::ParseError>() {
+                Some(gst::ParseError::NoSuchElement) => Error::MissingElement(e.to_string()),
+                _ => err(e.to_string()),
+            })?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| err("not a pipeline".into()))?;
+        // Names the pipeline in element paths of bus errors, as ingest's `camera-<id>`.
+        if let Some(name) = path.file_name() {
+            pipeline.set_property("name", format!("file-{}", name.to_string_lossy()));
+        }
         let src = pipeline
             .by_name("src")
             .ok_or_else(|| err("no filesrc".into()))?;
-        // A user-supplied path is a property, never pasted into launch syntax.
         src.set_property("location", path.to_string_lossy().as_ref());
         let sink = pipeline
             .by_name("sink")
@@ -115,58 +125,29 @@ impl VideoFile {
         })
     }
 
+    /// The first error posted on the bus, if any.
     fn bus_error(&self) -> Option<Error> {
-        let bus = self.pipeline.bus()?;
-        while let Some(msg) = bus.pop() {
-            if let gst::MessageView::Error(e) = msg.view() {
-                return Some(Error::Input {
-                    path: self.path.clone(),
-                    problem: format!(
-                        "{}: {} ({})",
-                        e.src()
-                            .map(|s| s.path_string().to_string())
-                            .unwrap_or_default(),
-                        e.error(),
-                        e.debug().map(|d| d.to_string()).unwrap_or_default()
-                    ),
-                });
-            }
-        }
-        None
+        let message = self
+            .pipeline
+            .bus()?
+            .pop_filtered(&[gst::MessageType::Error])?;
+        Some(bus_error(&message, &|s| s.to_owned()))
     }
 
-    fn frame(&mut self, sample: gst::Sample) -> Result<Frame, Error> {
-        let err = |problem: &str| Error::Input {
-            path: self.path.clone(),
-            problem: problem.to_owned(),
-        };
-        let caps = sample.caps().ok_or_else(|| err("sample without caps"))?;
-        let info = gst_video::VideoInfo::from_caps(caps).map_err(|_| err("bad video caps"))?;
-        let buffer = sample
-            .buffer()
-            .ok_or_else(|| err("sample without buffer"))?;
-        let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds()));
-        let vf = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
-            .map_err(|_| err("cannot map buffer"))?;
-        let (w, h) = (info.width(), info.height());
-        let stride = vf.plane_stride()[0] as usize;
-        let data = vf.plane_data(0).map_err(|_| err("no plane 0"))?;
-        let row = w as usize * 3;
-        let mut rgb = Vec::with_capacity(row * h as usize);
-        for y in 0..h as usize {
-            rgb.extend_from_slice(&data[y * stride..y * stride + row]);
-        }
-        let seq = self.seq;
+    fn frame(&mut self, sample: &gst::Sample) -> Result<Frame, Error> {
+        let frame = sample
+            .caps()
+            .zip(sample.buffer())
+            .and_then(|(caps, buffer)| {
+                let info = gst_video::VideoInfo::from_caps(caps).ok()?;
+                to_frame(buffer, &info, &self.camera, self.seq, buffer.pts())
+            })
+            .ok_or_else(|| Error::Input {
+                path: self.path.clone(),
+                problem: format!("frame {}: a sample that is not RGB video", self.seq),
+            })?;
         self.seq += 1;
-        Ok(Frame {
-            camera: self.camera.clone(),
-            seq,
-            pts,
-            wall: SystemTime::now(),
-            width: w,
-            height: h,
-            rgb: Arc::from(rgb),
-        })
+        Ok(frame)
     }
 }
 
@@ -178,7 +159,7 @@ impl Iterator for VideoFile {
             return None;
         }
         match self.sink.pull_sample() {
-            Ok(sample) => Some(self.frame(sample)),
+            Ok(sample) => Some(self.frame(&sample)),
             Err(_) => {
                 self.done = true;
                 // End of stream, or an error on the bus.

@@ -1,34 +1,24 @@
 //! The live encoder: frame features once per (frame, person), temporal encoder per window.
 //!
 //! Every sampled frame of every tracked person goes through the frame encoder exactly once,
-//! batched across persons and cameras; its feature joins that track's ring of the last
-//! `video_len` features. Once the ring is full, every `update_every` new features the
-//! temporal encoder alone turns the ring into a video embedding. Recomputing all 8 frames
-//! per update would cost 8x the frame-encoder work for the same result (tested below).
+//! batched across persons and cameras; its feature joins that person's [`Window`]. Once the
+//! window is full, every `update_every` new features the temporal encoder alone turns it into
+//! a video embedding. Recomputing all 8 frames per update would cost 8x the frame-encoder
+//! work for the same result (tested below). The persons' state lives in one table
+//! ([`Persons`]): created by the first sample, freed at once by [`LiveEncoder::end_track`].
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use candle_core::{Result, Tensor};
 
-use super::EmotionClip;
-use super::preprocess::{self, CropPolicy, EncoderCrop, FrameInput, ImageView};
-use crate::types::{BBox, CameraId, Detection, Frame};
+use super::persons::{Person, Persons};
+use crate::model::EmotionClip;
+use crate::model::preprocess::{self, CropPolicy, EncoderCrop, FrameInput, ImageView};
+use crate::types::{BBox, CameraId, Detection, PersonSample, TrackKey};
+use crate::window::{Slot, WindowFrames};
 
-/// One person in one sampled frame: what the detector/tracker hands the encoder.
-#[derive(Debug, Clone)]
-pub struct PersonSample {
-    pub frame: Frame,
-    pub track_id: u64,
-    /// The person's box in frame pixels.
-    pub bbox: BBox,
-}
-
-/// A track is known by its camera and its per-camera id.
-pub type TrackKey = (CameraId, u64);
-
-/// A new video embedding for a track.
+/// A new video embedding for a person.
 #[derive(Debug, Clone)]
 pub struct WindowUpdate {
     pub camera: CameraId,
@@ -44,65 +34,65 @@ pub struct WindowUpdate {
     pub frame_size: (u32, u32),
 }
 
-/// One frame of a track's window: its feature and what produced it.
-struct Slot {
-    feature: Tensor,
-    wall: SystemTime,
-    /// The encoder input, kept so a new model can re-encode the window (reload) and capture
-    /// can store exactly what the encoder saw.
-    crop: Arc<EncoderCrop>,
-    /// The person's box in frame pixels.
-    bbox: BBox,
-    frame_seq: u64,
+impl WindowUpdate {
+    pub fn key(&self) -> TrackKey {
+        (self.camera.clone(), self.track_id)
+    }
 }
 
-/// A track's current window as the encoder saw it (for capture).
-#[derive(Debug, Clone)]
-pub struct WindowFrames {
-    pub crops: Vec<Arc<EncoderCrop>>,
-    pub walls: Vec<SystemTime>,
-    pub bboxes: Vec<BBox>,
-    pub frame_seqs: Vec<u64>,
-    pub frame_size: (u32, u32),
-}
-
-struct TrackRing {
-    slots: VecDeque<Slot>,
-    since_update: usize,
-    bbox: BBox,
-    frame_size: (u32, u32),
-}
-
-/// Per-track rings of frame features over one model.
+/// One model serving every person's window.
 pub struct LiveEncoder {
     model: EmotionClip,
     policy: CropPolicy,
     update_every: usize,
-    tracks: HashMap<TrackKey, TrackRing>,
+    persons: Persons,
 }
 
 impl LiveEncoder {
     pub fn new(model: EmotionClip, policy: CropPolicy, update_every: usize) -> Self {
+        let persons = Persons::new(model.video_len(), usize::MAX);
         Self {
             model,
             policy,
             update_every: update_every.max(1),
-            tracks: HashMap::new(),
+            persons,
         }
+    }
+
+    /// Caps the persons (windows) held per camera; samples of others are refused (counted).
+    pub fn with_max_per_camera(mut self, max: usize) -> Self {
+        self.persons = Persons::new(self.model.video_len(), max);
+        self
     }
 
     pub fn model(&self) -> &EmotionClip {
         &self.model
     }
 
-    /// Tracks holding features.
+    /// Persons holding a window.
     pub fn tracks(&self) -> usize {
-        self.tracks.len()
+        self.persons.len()
     }
 
-    /// Forgets a track (it ended): its ring is freed.
-    pub fn end_track(&mut self, key: &TrackKey) {
-        self.tracks.remove(key);
+    /// Samples refused because their camera held `max_per_camera` windows.
+    pub fn refused(&self) -> u64 {
+        self.persons.refused()
+    }
+
+    /// A person's state (window, smoothing, capture cadence).
+    pub fn person_mut(&mut self, key: &TrackKey) -> Option<&mut Person> {
+        self.persons.get_mut(key)
+    }
+
+    /// Forgets a person (the track ended): everything held for it is freed.
+    pub fn end_track(&mut self, key: &TrackKey) -> Option<Person> {
+        self.persons.remove(key)
+    }
+
+    /// Restarts every person's smoothing (a new read-out: scores of two models are not
+    /// averaged).
+    pub fn reset_smoothing(&mut self) {
+        self.persons.iter_mut().for_each(|p| p.ema = None);
     }
 
     /// The encoder input of one sample: its crop and the person's own box as the mask.
@@ -125,20 +115,19 @@ impl LiveEncoder {
         ))
     }
 
-    /// The frames of a track's current window, oldest first.
+    /// The frames of a person's current window, oldest first.
     pub fn window_frames(&self, key: &TrackKey) -> Option<WindowFrames> {
-        let ring = self.tracks.get(key)?;
-        Some(WindowFrames {
-            crops: ring.slots.iter().map(|s| Arc::clone(&s.crop)).collect(),
-            walls: ring.slots.iter().map(|s| s.wall).collect(),
-            bboxes: ring.slots.iter().map(|s| s.bbox).collect(),
-            frame_seqs: ring.slots.iter().map(|s| s.frame_seq).collect(),
-            frame_size: ring.frame_size,
-        })
+        self.persons.get(key).map(|p| p.window.frames())
     }
 
-    /// Frame features [N, embed_dim] of `crops`, in batches of at most `max_batch`.
-    fn encode_crops(&self, crops: &[&EncoderCrop], max_batch: usize) -> Result<Vec<Tensor>> {
+    /// Frame features [N, embed_dim] of `crops`, in batches of at most `max_batch`;
+    /// `between` runs after each batch (the stage beats there).
+    fn encode_crops(
+        &self,
+        crops: &[&EncoderCrop],
+        max_batch: usize,
+        between: &mut dyn FnMut(),
+    ) -> Result<Vec<Tensor>> {
         let mut rows = Vec::with_capacity(crops.len());
         for chunk in crops.chunks(max_batch.max(1)) {
             let inputs: Vec<FrameInput> = chunk.iter().map(|c| c.input()).collect();
@@ -147,14 +136,21 @@ impl LiveEncoder {
             for row in 0..chunk.len() {
                 rows.push(features.get(row)?);
             }
+            between();
         }
         Ok(rows)
     }
 
-    /// Replaces the model and re-encodes every track's window with it, so that tracks keep
-    /// their windows (and their update cadence) across a reload. On error nothing changes.
-    /// `model` must take inputs of the same side as the current one.
-    pub fn swap_model(&mut self, model: EmotionClip, max_batch: usize) -> Result<EmotionClip> {
+    /// Replaces the model and re-encodes every person's window with it, in batches of
+    /// `max_batch` with `between` run after each, so that persons keep their windows (and
+    /// their update cadence) across a reload. On error nothing changes. `model` must take
+    /// inputs of the same size and window length as the current one.
+    pub fn swap_model(
+        &mut self,
+        model: EmotionClip,
+        max_batch: usize,
+        between: &mut dyn FnMut(),
+    ) -> Result<EmotionClip> {
         let (old, new) = (
             self.model.config().vision_cfg.image_size,
             model.config().vision_cfg.image_size,
@@ -166,26 +162,24 @@ impl LiveEncoder {
                 self.model.video_len()
             )
         }
-        let keys: Vec<TrackKey> = self.tracks.keys().cloned().collect();
-        let crops: Vec<&EncoderCrop> = keys
-            .iter()
-            .flat_map(|k| self.tracks[k].slots.iter().map(|s| s.crop.as_ref()))
+        let crops: Vec<Arc<EncoderCrop>> = self
+            .persons
+            .iter_mut()
+            .flat_map(|p| p.window.slots().map(|s| Arc::clone(&s.crop)))
             .collect();
+        let crops: Vec<&EncoderCrop> = crops.iter().map(Arc::as_ref).collect();
         let old_model = std::mem::replace(&mut self.model, model);
-        let features = match self.encode_crops(&crops, max_batch) {
+        let features = match self.encode_crops(&crops, max_batch, between) {
             Ok(f) => f,
             Err(e) => {
                 self.model = old_model;
                 return Err(e);
             }
         };
+        // Same iteration order as above: the map was not changed in between.
         let mut features = features.into_iter();
-        for key in &keys {
-            let ring = self
-                .tracks
-                .get_mut(key)
-                .expect("keys were taken from the map");
-            for slot in ring.slots.iter_mut() {
+        for person in self.persons.iter_mut() {
+            for slot in person.window.slots_mut() {
                 slot.feature = features.next().expect("one feature per slot");
             }
         }
@@ -193,74 +187,70 @@ impl LiveEncoder {
     }
 
     /// Takes over a freshly loaded encoder's model, crop policy and update cadence (a reload):
-    /// every track's window is re-encoded with the new model (see [`Self::swap_model`]), so
-    /// tracks keep their windows. Crops already in the windows keep the policy they were cut
-    /// with; new samples use the new one. On error nothing changes.
-    pub fn adopt(&mut self, fresh: LiveEncoder, max_batch: usize) -> Result<()> {
-        self.swap_model(fresh.model, max_batch)?;
+    /// every window is re-encoded with the new model (see [`Self::swap_model`]), so persons
+    /// keep their windows. Crops already in the windows keep the policy they were cut with;
+    /// new samples use the new one. On error nothing changes.
+    pub fn adopt(
+        &mut self,
+        fresh: LiveEncoder,
+        max_batch: usize,
+        between: &mut dyn FnMut(),
+    ) -> Result<()> {
+        self.swap_model(fresh.model, max_batch, between)?;
         self.policy = fresh.policy;
         self.update_every = fresh.update_every;
         Ok(())
     }
 
-    /// Encodes the samples' frames in one batch, adds the features to their tracks, and
-    /// returns the video embeddings of the tracks due for an update. Samples whose frame
-    /// cannot be read are skipped.
+    /// Encodes the samples' frames in one batch, adds the features to their persons'
+    /// windows, and returns the video embeddings of the windows due for an update. Samples
+    /// whose frame cannot be read, or whose camera holds its most windows, are skipped.
     pub fn push(&mut self, samples: &[PersonSample]) -> Result<Vec<WindowUpdate>> {
-        let prepared: Vec<(&PersonSample, Arc<EncoderCrop>)> = samples
+        let admitted: Vec<&PersonSample> = samples
             .iter()
+            .filter(|s| self.persons.admit(&(s.frame.camera.clone(), s.track_id)))
+            .collect();
+        let prepared: Vec<(&PersonSample, Arc<EncoderCrop>)> = admitted
+            .into_iter()
             .filter_map(|s| self.prepare_crop(s).map(|c| (s, Arc::new(c))))
             .collect();
         if prepared.is_empty() {
             return Ok(Vec::new());
         }
         let crops: Vec<&EncoderCrop> = prepared.iter().map(|(_, c)| c.as_ref()).collect();
-        let features = self.encode_crops(&crops, usize::MAX)?;
+        let features = self.encode_crops(&crops, usize::MAX, &mut || {})?;
 
-        let video_len = self.model.video_len();
         let mut due: Vec<TrackKey> = Vec::new();
         for ((sample, crop), feature) in prepared.iter().zip(features) {
             let key = (sample.frame.camera.clone(), sample.track_id);
-            let ring = self.tracks.entry(key.clone()).or_insert_with(|| TrackRing {
-                slots: VecDeque::with_capacity(video_len),
-                since_update: 0,
-                bbox: sample.bbox,
-                frame_size: (sample.frame.width, sample.frame.height),
-            });
-            if ring.slots.len() == video_len {
-                ring.slots.pop_front();
-            }
-            ring.slots.push_back(Slot {
-                feature,
-                wall: sample.frame.wall,
-                crop: Arc::clone(crop),
-                bbox: sample.bbox,
-                frame_seq: sample.frame.seq,
-            });
-            ring.since_update += 1;
-            ring.bbox = sample.bbox;
-            ring.frame_size = (sample.frame.width, sample.frame.height);
-            // A fresh ring publishes as soon as it is full, then every `update_every`.
-            let first = ring.slots.len() == video_len && ring.since_update == video_len;
-            if ring.slots.len() == video_len
-                && (first || ring.since_update >= self.update_every)
-                && !due.contains(&key)
-            {
+            let person = self.persons.entry(&key);
+            person.window.push(
+                Slot {
+                    feature,
+                    crop: Arc::clone(crop),
+                    wall: sample.frame.wall,
+                    bbox: sample.bbox,
+                    frame_seq: sample.frame.seq,
+                },
+                (sample.frame.width, sample.frame.height),
+            );
+            person.capture_since += 1;
+            if person.window.is_due(self.update_every) && !due.contains(&key) {
                 due.push(key);
             }
         }
         self.temporal(&due)
     }
 
-    /// Runs the temporal encoder over the full rings of `keys`, in one batch.
+    /// Runs the temporal encoder over the full windows of `keys`, in one batch.
     fn temporal(&mut self, keys: &[TrackKey]) -> Result<Vec<WindowUpdate>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let mut windows = Vec::with_capacity(keys.len());
         for key in keys {
-            let ring = &self.tracks[key];
-            let rows: Vec<&Tensor> = ring.slots.iter().map(|s| &s.feature).collect();
+            let window = &self.persons.get(key).expect("due persons exist").window;
+            let rows: Vec<&Tensor> = window.slots().map(|s| &s.feature).collect();
             windows.push(Tensor::stack(&rows, 0)?);
         }
         let embeddings = self
@@ -270,20 +260,19 @@ impl LiveEncoder {
             .to_vec2::<f32>()?;
         let mut updates = Vec::with_capacity(keys.len());
         for (key, embedding) in keys.iter().zip(embeddings) {
-            let ring = self.tracks.get_mut(key).expect("due tracks have rings");
-            ring.since_update = 0;
+            let window = &mut self.persons.get_mut(key).expect("due persons exist").window;
+            window.mark_updated();
+            let (start, end) = window.span();
+            let (bbox, frame_size) = window.newest_box().unwrap_or_default();
             updates.push(WindowUpdate {
                 camera: key.0.clone(),
                 track_id: key.1,
                 embedding,
-                start: ring
-                    .slots
-                    .front()
-                    .map_or(SystemTime::UNIX_EPOCH, |s| s.wall),
-                end: ring.slots.back().map_or(SystemTime::UNIX_EPOCH, |s| s.wall),
-                frames: ring.slots.len(),
-                bbox: ring.bbox,
-                frame_size: ring.frame_size,
+                start,
+                end,
+                frames: window.len(),
+                bbox,
+                frame_size,
             });
         }
         Ok(updates)
@@ -299,6 +288,7 @@ mod tests {
     use candle_core::Device;
 
     use crate::model::EmotionClipConfig;
+    use crate::types::Frame;
 
     fn tiny() -> EmotionClip {
         let dir =
@@ -392,7 +382,7 @@ mod tests {
             );
             assert_eq!(update.frames, 8);
         }
-        live.end_track(&(camera, 1));
+        assert!(live.end_track(&(camera, 1)).is_some());
         assert_eq!(live.tracks(), 1);
     }
 
@@ -405,7 +395,7 @@ mod tests {
         }
         let cfg = live.model().config().clone();
         let other = EmotionClip::random(&cfg, 3, &Device::Cpu).unwrap();
-        live.swap_model(other, 3).unwrap();
+        live.swap_model(other, 3, &mut || {}).unwrap();
         assert_eq!(live.tracks(), 1, "the track survives the swap");
         // The first update after the swap is what the new model alone gives for frames 1..=8.
         let update = live.push(&[sample(&camera, 8, 1)]).unwrap().remove(0);
@@ -432,7 +422,7 @@ mod tests {
             CropPolicy::SUBJECT_DEFAULT,
             4,
         );
-        live.adopt(fresh, 8).unwrap();
+        live.adopt(fresh, 8, &mut || {}).unwrap();
         assert_eq!(live.tracks(), 1);
         // The window was full before: the new cadence (every 4th frame) applies at once.
         let published: Vec<usize> = (8..16)
@@ -449,7 +439,7 @@ mod tests {
         let mut cfg = live.model().config().clone();
         cfg.vision_cfg.image_size = 32;
         let other = EmotionClip::random(&cfg, 3, &Device::Cpu).unwrap();
-        assert!(live.swap_model(other, 3).is_err());
+        assert!(live.swap_model(other, 3, &mut || {}).is_err());
         assert_eq!(live.model().config().vision_cfg.image_size, 64);
     }
 
@@ -461,5 +451,22 @@ mod tests {
         bad.frame.rgb = Arc::from(vec![0u8; 10]);
         assert!(live.push(&[bad]).unwrap().is_empty());
         assert_eq!(live.tracks(), 0);
+    }
+
+    #[test]
+    fn a_camera_holds_at_most_its_cap_of_windows_until_one_ends() {
+        let camera: CameraId = Arc::from("cam");
+        let other: CameraId = Arc::from("other");
+        let mut live =
+            LiveEncoder::new(tiny(), CropPolicy::SUBJECT_DEFAULT, 1).with_max_per_camera(2);
+        live.push(&[sample(&camera, 0, 1), sample(&camera, 0, 2)])
+            .unwrap();
+        live.push(&[sample(&camera, 1, 3), sample(&other, 1, 3)])
+            .unwrap();
+        assert_eq!(live.tracks(), 3, "the third person of `cam` is refused");
+        assert_eq!(live.refused(), 1);
+        live.end_track(&(camera.clone(), 1));
+        live.push(&[sample(&camera, 2, 3)]).unwrap();
+        assert!(live.window_frames(&(camera, 3)).is_some());
     }
 }

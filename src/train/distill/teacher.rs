@@ -1,10 +1,12 @@
-//! Teacher outputs, computed once per window and cached on disk.
+//! The teacher, and its outputs computed once per window and cached on disk.
 //!
 //! The cache lives under a folder named for the teacher's weights digest and config, one
 //! safetensors file per window id, so a second run (or `--resume`) over the same data never
 //! runs the teacher again, and a different teacher never reads stale targets.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
@@ -12,6 +14,71 @@ use candle_core::{DType, Device, Tensor};
 use super::data::WindowSource;
 use crate::model::EmotionClip;
 use crate::model::preprocess::{self, EncoderCrop, FrameInput};
+use crate::readout::Readout;
+
+/// The teacher: its model, its tensors (to initialise the student) and its identity.
+pub struct Teacher {
+    pub model: EmotionClip,
+    pub tensors: Arc<BTreeMap<String, Tensor>>,
+    pub weights: PathBuf,
+    pub sha256: String,
+    pub readout: Readout,
+}
+
+impl Teacher {
+    /// The model `[model]` describes, as the daemon would serve it (`encode::load_encoder`):
+    /// the weights file, or the seeded random weights of `allow_untrained` (whose identity is
+    /// then `untrained-seed-N`).
+    pub fn load(
+        model: &crate::encode::ModelConfig,
+        readout: &crate::readout::ReadoutConfig,
+    ) -> Result<Self, crate::model::Error> {
+        let (clip, digest) = crate::encode::load_encoder(model)?;
+        let device = clip.device().clone();
+        let (tensors, weights, sha256) = match (model.weights_to_load(), digest) {
+            (Some(path), Some(sha256)) => (
+                crate::model::weights::Checkpoint::open(path)?.tensors(DType::F32, &device)?,
+                path.to_owned(),
+                sha256,
+            ),
+            _ => {
+                tracing::warn!(
+                    seed = model.seed,
+                    "the teacher is the UNTRAINED seeded model of allow_untrained: the student \
+                     learns to imitate meaningless outputs (fine for a demo)"
+                );
+                // The same seeded values as the served model, this time with their names.
+                let (_, tensors) =
+                    crate::model::weights::build_seeded(model.seed, DType::F32, &device, |vb| {
+                        EmotionClip::new(vb, clip.config())
+                    })?;
+                let id = format!("untrained-seed-{}", model.seed);
+                (tensors, PathBuf::from(&id), id)
+            }
+        };
+        let readout = crate::encode::build_readout(&clip, readout)?;
+        Ok(Self {
+            model: clip,
+            tensors: Arc::new(tensors),
+            weights,
+            sha256,
+            readout,
+        })
+    }
+
+    /// Names the teacher's target cache: its weights digest and config.
+    pub fn cache_key(&self) -> anyhow::Result<String> {
+        use sha2::{Digest, Sha256};
+        let cfg = serde_json::to_vec(self.model.config())?;
+        let digest = hex::encode(
+            Sha256::new()
+                .chain_update(self.sha256.as_bytes())
+                .chain_update(cfg)
+                .finalize(),
+        );
+        Ok(digest[..16].to_owned())
+    }
+}
 
 /// What the student is trained to reproduce for one window.
 #[derive(Debug, Clone)]
@@ -110,7 +177,9 @@ impl TeacherCache {
             ("hint".to_owned(), targets.hint.clone()),
         ]
         .into();
-        super::write_atomic(&path, |tmp| Ok(candle_core::safetensors::save(&map, tmp)?))
+        crate::train::atomic::write_atomic(&path, |tmp| {
+            Ok(candle_core::safetensors::save(&map, tmp)?)
+        })
     }
 
     /// Targets of every window of `source`: read from the cache, or computed in batches of

@@ -1,9 +1,9 @@
-//! Liveness of the stages, and the systemd notify protocol built on it.
+//! Liveness of the stages.
 //!
-//! Every long-lived stage (a camera supervisor, the analytics thread, the MQTT loop) holds a
-//! [`Beat`] and calls [`Beat::beat`] whenever it makes progress or wakes up idle. The
-//! supervisor feeds systemd's watchdog only while every beat is fresh, so a hung stage gets
-//! the service restarted by systemd rather than silently publishing nothing.
+//! A stage thread that is watched (today: the analytics and the encoder) holds a [`Beat`]
+//! and calls [`Beat::beat`] at least once per turn of its loop, busy or idle. The service
+//! feeds systemd's watchdog only while every beat is fresh (`[service] stage_stall_s`), so a
+//! hung stage gets the service restarted by systemd rather than silently publishing nothing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,56 +75,6 @@ impl Health {
             .filter(|r| now.saturating_sub(r.last_ms.load(Ordering::Relaxed)) > max)
             .map(|r| r.stage.clone())
             .collect()
-    }
-}
-
-/// systemd's notify socket, when the service runs under `Type=notify`.
-#[derive(Debug, Clone, Copy)]
-pub struct Systemd {
-    watchdog: Option<Duration>,
-}
-
-impl Systemd {
-    pub fn from_env() -> Self {
-        Self {
-            watchdog: sd_notify::watchdog_enabled(),
-        }
-    }
-
-    /// How often to feed the watchdog (half its timeout), when systemd asked for one.
-    pub fn watchdog_interval(&self) -> Option<Duration> {
-        self.watchdog.map(|d| d / 2)
-    }
-
-    pub fn ready(&self) {
-        notify(&[sd_notify::NotifyState::Ready]);
-    }
-
-    /// `RELOADING=1` with the monotonic timestamp systemd 253+ requires; `ready` ends it.
-    pub fn reloading(&self) {
-        match sd_notify::NotifyState::monotonic_usec_now() {
-            Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now]),
-            Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
-        }
-    }
-
-    pub fn stopping(&self) {
-        notify(&[sd_notify::NotifyState::Stopping]);
-    }
-
-    pub fn feed_watchdog(&self) {
-        notify(&[sd_notify::NotifyState::Watchdog]);
-    }
-
-    pub fn status(&self, text: &str) {
-        notify(&[sd_notify::NotifyState::Status(text)]);
-    }
-}
-
-fn notify(states: &[sd_notify::NotifyState]) {
-    // Outside systemd NOTIFY_SOCKET is unset and this is a no-op.
-    if let Err(e) = sd_notify::notify(states) {
-        tracing::debug!(error = %e, "systemd notify failed");
     }
 }
 

@@ -13,8 +13,11 @@
 //! head's scores when every head class is a configured class (for its coordinates), and the
 //! zero-shot scores otherwise.
 
+use std::sync::Arc;
+
+use super::config::{EmotionClass, ReadoutConfig};
 use super::heads_file::{EmotionHead, HeadsFile, VaHead};
-use super::readout_config::{EmotionClass, ReadoutConfig};
+use super::source::{ReadoutSource, ScoresSource, ValenceArousalSource};
 
 /// What the read-out says about one window.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +43,8 @@ pub enum ReadoutError {
 pub struct Readout {
     /// Configured (zero-shot) class names.
     names: Vec<String>,
+    /// [`Self::names`], shared with every result.
+    served_names: Arc<[String]>,
     /// L2-normalised class embeddings, row-major [classes, dim].
     classes: Vec<f32>,
     dim: usize,
@@ -138,8 +143,13 @@ impl Readout {
                 .map(|c| names.iter().position(|n| n == c).map(|i| coordinates[i]))
                 .collect()
         });
+        let served_names: Arc<[String]> = match &heads.emotion {
+            Some(h) => h.classes.clone().into(),
+            None => names.clone().into(),
+        };
         Ok(Readout {
             names,
+            served_names,
             classes,
             dim,
             logit_scale,
@@ -157,6 +167,27 @@ impl Readout {
         match &self.emotion_head {
             Some(h) => &h.classes,
             None => &self.names,
+        }
+    }
+
+    /// [`Self::names`] as a shared list, for results.
+    pub fn shared_names(&self) -> Arc<[String]> {
+        Arc::clone(&self.served_names)
+    }
+
+    /// Where the scores and valence/arousal of [`Self::read`] come from.
+    pub fn source(&self) -> ReadoutSource {
+        ReadoutSource {
+            scores: if self.has_emotion_head() {
+                ScoresSource::Head
+            } else {
+                ScoresSource::ZeroShot
+            },
+            valence_arousal: if self.has_va_head() {
+                ValenceArousalSource::Head
+            } else {
+                ValenceArousalSource::Lexicon
+            },
         }
     }
 

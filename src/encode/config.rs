@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::preprocess::CropPolicy;
 use crate::config::{ConfigError, check_range, resolve};
+use crate::model::preprocess::CropPolicy;
 
 /// `[model]`
 #[derive(Debug, Clone, Deserialize)]

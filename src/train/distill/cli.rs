@@ -6,12 +6,16 @@ use anyhow::Context;
 use tracing::info;
 
 use super::data::WindowSource;
-use super::distill::{Outcome, Paths, Run, Settings, Teacher};
 use super::loss::LossWeights;
 use super::optim::{AdamWConfig, Schedule};
+use super::report::Report;
+use super::run::{Outcome, Paths, Run};
+use super::settings::Settings;
+use super::teacher::Teacher;
 use crate::capture::{Dataset, SampleMeta};
+use crate::encode::{ModelConfig, ModelDevice};
 use crate::model::preprocess::EncoderCrop;
-use crate::model::{ModelConfig, ModelDevice, ReadoutConfig};
+use crate::readout::ReadoutConfig;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DistillArgs {
@@ -221,21 +225,7 @@ pub fn run(args: &DistillArgs) -> Result<(), DistillError> {
     let teacher = Teacher::load(&model_cfg, &readout_cfg)
         .context("loading the teacher")
         .map_err(Usage)?;
-    let manifest = source.dataset.manifest();
-    let tc = teacher.model.config();
-    if manifest.image_size != tc.vision_cfg.image_size
-        || manifest.video_len != tc.temporal.video_len
-    {
-        return Err(Usage(anyhow::anyhow!(
-            "--data {}: windows of {} px x {} frames, the teacher takes {} px x {}",
-            args.data.display(),
-            manifest.image_size,
-            manifest.video_len,
-            tc.vision_cfg.image_size,
-            tc.temporal.video_len
-        )));
-    }
-    super::student::student_config(tc, &args.student).map_err(Usage)?;
+    check_windows(args, &source, &teacher).map_err(Usage)?;
     info!(
         windows = source.len(),
         teacher = %teacher.weights.display(),
@@ -262,30 +252,57 @@ pub fn run(args: &DistillArgs) -> Result<(), DistillError> {
         Outcome::Stopped { step } => {
             println!("stopped at step {step}; continue with --resume");
         }
-        Outcome::Finished(report) => {
-            let (i, f, s) = (report.initial, report.result, report.speed);
-            println!("student      {}", report.student.weights);
-            println!("config       {}", args.out.join("config.json").display());
-            println!(
-                "held-out     {} windows: top-1 agreement {:.3} (untrained {:.3}), cosine {:.3} (untrained {:.3}), valence/arousal MAE {:.3}/{:.3}",
-                f.windows,
-                f.top1_agreement,
-                i.top1_agreement,
-                f.embedding_cosine,
-                i.embedding_cosine,
-                f.valence_mae,
-                f.arousal_mae
-            );
-            println!(
-                "speed        {:.1} -> {:.1} frames/s ({:.2}x) at batch {}",
-                s.teacher_frames_per_s, s.student_frames_per_s, s.speedup, s.batch
-            );
-            println!(
-                "training     {:.2} windows/s over {} steps",
-                report.train_windows_per_s, report.steps
-            );
-            println!("report       {}", args.out.join("report.json").display());
-        }
+        Outcome::Finished(report) => print_summary(&report, &args.out),
     }
     Ok(())
+}
+
+/// Checks that the captured windows are of the teacher's size and length and that the
+/// student can be made from the teacher.
+fn check_windows(
+    args: &DistillArgs,
+    source: &CapturedWindows,
+    teacher: &Teacher,
+) -> anyhow::Result<()> {
+    let manifest = source.dataset.manifest();
+    let tc = teacher.model.config();
+    if manifest.image_size != tc.vision_cfg.image_size
+        || manifest.video_len != tc.temporal.video_len
+    {
+        anyhow::bail!(
+            "--data {}: windows of {} px x {} frames, the teacher takes {} px x {}",
+            args.data.display(),
+            manifest.image_size,
+            manifest.video_len,
+            tc.vision_cfg.image_size,
+            tc.temporal.video_len
+        );
+    }
+    super::student::student_config(tc, &args.student)?;
+    Ok(())
+}
+
+fn print_summary(report: &Report, out: &Path) {
+    let (i, f, s) = (report.initial, report.result, report.speed);
+    println!("student      {}", report.student.weights);
+    println!("config       {}", out.join("config.json").display());
+    println!(
+        "held-out     {} windows: top-1 agreement {:.3} (untrained {:.3}), cosine {:.3} (untrained {:.3}), valence/arousal MAE {:.3}/{:.3}",
+        f.windows,
+        f.top1_agreement,
+        i.top1_agreement,
+        f.embedding_cosine,
+        i.embedding_cosine,
+        f.valence_mae,
+        f.arousal_mae
+    );
+    println!(
+        "speed        {:.1} -> {:.1} frames/s ({:.2}x) at batch {}",
+        s.teacher_frames_per_s, s.student_frames_per_s, s.speedup, s.batch
+    );
+    println!(
+        "training     {:.2} windows/s over {} steps",
+        report.train_windows_per_s, report.steps
+    );
+    println!("report       {}", out.join("report.json").display());
 }

@@ -10,7 +10,8 @@
 use candle_core::{D, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Readout, l2_normalize};
+use crate::model::l2_normalize;
+use crate::readout::Readout;
 
 /// Weights of the three terms and the softening temperature.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]

@@ -1,0 +1,275 @@
+//! ONNX Runtime itself: finding and loading the library, and opening a session with the first
+//! execution provider that works (TensorRT -> CUDA -> CPU, each behind a cargo feature).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+
+use super::Error;
+use super::config::{DetectConfig, Provider};
+
+/// The ONNX Runtime minor version this build needs at least (ort's `api-31` feature).
+pub const ORT_MINOR: u32 = ort::MINOR_VERSION;
+
+/// Where affectd looks for ONNX Runtime when neither the config nor `ORT_DYLIB_PATH` names it.
+pub fn library_search_list() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_owned))
+    {
+        dirs.push(exe_dir.join("../lib/affectd"));
+    }
+    dirs.push(PathBuf::from("/opt/affectd/onnxruntime/lib"));
+    if let Ok(entries) = std::fs::read_dir(".venv/lib") {
+        let mut pys: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
+            .map(|e| e.path().join("site-packages/onnxruntime/capi"))
+            .collect();
+        pys.sort();
+        dirs.extend(pys);
+    } else {
+        dirs.push(PathBuf::from(
+            ".venv/lib/python3*/site-packages/onnxruntime/capi",
+        ));
+    }
+    dirs
+}
+
+/// The library file in `dir`: `libonnxruntime.so.1.<minor>.<patch>`, newest first, else a plain
+/// `libonnxruntime.so`.
+fn library_in(dir: &Path) -> Option<PathBuf> {
+    let mut found: Vec<(u32, u32, PathBuf)> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ver = name.strip_prefix("libonnxruntime.so")?;
+            let mut parts = ver.trim_start_matches('.').split('.');
+            let _major = parts.next();
+            let minor = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+            let patch = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+            Some((minor, patch, e.path()))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, _, p)| p)
+}
+
+/// Picks the library: config, then `ORT_DYLIB_PATH`, then the search list. A named file must
+/// exist; the error says who named it.
+pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, Error> {
+    let named = configured
+        .map(|p| ("[detect] ort_library", p.to_owned()))
+        .or_else(|| {
+            std::env::var_os("ORT_DYLIB_PATH")
+                .filter(|p| !p.is_empty())
+                .map(|p| ("ORT_DYLIB_PATH", PathBuf::from(p)))
+        });
+    if let Some((who, path)) = named {
+        if !path.is_file() {
+            return Err(Error::Library {
+                problem: format!(
+                    "{who} names {}, which does not exist; install ONNX Runtime 1.{ORT_MINOR} \
+                     or newer (pip install onnxruntime==1.{ORT_MINOR}.1) and point it at \
+                     onnxruntime/capi/libonnxruntime.so.1.{ORT_MINOR}.*",
+                    path.display()
+                ),
+            });
+        }
+        return Ok(path);
+    }
+    let dirs = library_search_list();
+    dirs.iter()
+        .find_map(|d| library_in(d))
+        .ok_or_else(|| Error::Library {
+            problem: format!(
+                "ONNX Runtime (libonnxruntime.so.1.{ORT_MINOR} or newer) not found; set \
+                 [detect] ort_library or ORT_DYLIB_PATH, or install it (pip install \
+                 onnxruntime==1.{ORT_MINOR}.1). Tried: {}",
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+}
+
+/// The process's ONNX Runtime environment: one per process, created on first use.
+static ENVIRONMENT: Mutex<Option<(PathBuf, ort::environment::Environment)>> = Mutex::new(None);
+
+fn environment(configured: Option<&Path>) -> Result<ort::environment::Environment, Error> {
+    let mut slot = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((path, env)) = slot.as_ref() {
+        if configured.is_some_and(|c| c != path) {
+            tracing::warn!(
+                loaded = %path.display(),
+                "ONNX Runtime is already loaded in this process; ignoring another ort_library"
+            );
+        }
+        return Ok(env.clone());
+    }
+    let path = find_library(configured)?;
+    let env = ort::init_from(&path)
+        .map_err(|e| Error::Library {
+            problem: e.to_string(),
+        })?
+        .with_name("affectd")
+        .with_telemetry(false)
+        .build()?;
+    tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+    *slot = Some((path, env.clone()));
+    Ok(env)
+}
+
+/// Logs each unavailable provider only once per process.
+static WARNED: OnceLock<Mutex<Vec<Provider>>> = OnceLock::new();
+
+fn warn_once(p: Provider, why: &str) {
+    let mut warned = WARNED
+        .get_or_init(|| Mutex::new(Vec::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if !warned.contains(&p) {
+        warned.push(p);
+        tracing::warn!(
+            provider = p.name(),
+            reason = why,
+            "execution provider unavailable; trying the next one"
+        );
+    }
+}
+
+/// Loads ONNX Runtime (once per process) and opens `model` with the first provider of
+/// `cfg.providers` that works.
+pub(super) fn open_session(cfg: &DetectConfig, model: &Path) -> Result<(Session, Provider), Error> {
+    let env = environment(cfg.ort_library.as_deref())?;
+    let mut last: Option<Error> = None;
+    for &p in &cfg.providers {
+        let eps = match execution_provider(p, cfg, model) {
+            Ok(eps) => eps,
+            Err(why) => {
+                warn_once(p, &why);
+                continue;
+            }
+        };
+        // No spin-waiting between runs: the detector shares the cores with the encoder, and
+        // ONNX Runtime's idle threads spinning after every frame starve it.
+        let builder = Session::builder(&env)?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(ort::Error::from)?
+            .with_intra_op_spinning(false)
+            .map_err(ort::Error::from)?;
+        let builder = if cfg.threads > 0 {
+            builder
+                .with_intra_threads(cfg.threads)
+                .map_err(ort::Error::from)?
+        } else {
+            builder
+        };
+        let built = builder
+            .with_execution_providers(eps)
+            .map_err(ort::Error::from)
+            .and_then(|mut b| b.commit_from_file(model));
+        match built {
+            Ok(session) => return Ok((session, p)),
+            Err(e) if p != Provider::Cpu => {
+                warn_once(p, &e.to_string());
+                last = Some(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last.unwrap_or(Error::Library {
+        problem: "no configured execution provider is usable; add \"cpu\" to [detect] providers"
+            .into(),
+    }))
+}
+
+#[allow(unused_variables)]
+fn execution_provider(
+    p: Provider,
+    cfg: &DetectConfig,
+    model: &Path,
+) -> Result<Vec<ort::ep::ExecutionProviderDispatch>, String> {
+    #[allow(unused_imports)]
+    use ort::ep::ExecutionProvider;
+    match p {
+        Provider::Cpu => Ok(vec![ort::ep::CPU::default().build().error_on_failure()]),
+        #[cfg(feature = "tensorrt")]
+        Provider::Tensorrt => {
+            if !ort::ep::TensorRT::is_available().unwrap_or(false) {
+                return Err(
+                    "this ONNX Runtime has no TensorRT provider (install onnxruntime-gpu)".into(),
+                );
+            }
+            std::fs::create_dir_all(&cfg.trt_cache_dir)
+                .map_err(|e| format!("cannot create {}: {e}", cfg.trt_cache_dir.display()))?;
+            let cached = std::fs::read_dir(&cfg.trt_cache_dir)
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy().ends_with(".engine"))
+                })
+                .unwrap_or(false);
+            if !cached {
+                tracing::info!(
+                    model = %model.display(),
+                    cache = %cfg.trt_cache_dir.display(),
+                    "building the TensorRT engine; this can take several minutes on first start"
+                );
+            }
+            Ok(vec![
+                ort::ep::TensorRT::default()
+                    .with_fp16(cfg.trt_fp16)
+                    .with_engine_cache(true)
+                    .with_engine_cache_path(cfg.trt_cache_dir.display())
+                    .build()
+                    .error_on_failure(),
+            ])
+        }
+        #[cfg(not(feature = "tensorrt"))]
+        Provider::Tensorrt => Err("affectd was built without the `tensorrt` feature".into()),
+        #[cfg(feature = "cuda")]
+        Provider::Cuda => {
+            if !ort::ep::CUDA::is_available().unwrap_or(false) {
+                return Err(
+                    "this ONNX Runtime has no CUDA provider (install onnxruntime-gpu)".into(),
+                );
+            }
+            Ok(vec![ort::ep::CUDA::default().build().error_on_failure()])
+        }
+        #[cfg(not(feature = "cuda"))]
+        Provider::Cuda => Err("affectd was built without the `cuda` feature".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_library_is_found_by_version_in_a_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "libonnxruntime.so.1.22.0",
+            "libonnxruntime.so.1.31.1",
+            "other.so",
+        ] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let found = library_in(dir.path()).unwrap();
+        assert!(found.ends_with("libonnxruntime.so.1.31.1"), "{found:?}");
+        assert!(library_in(&dir.path().join("missing")).is_none());
+        let lib = dir.path().join("libonnxruntime.so.1.31.1");
+        assert_eq!(find_library(Some(&lib)).unwrap(), lib);
+        let e = find_library(Some(Path::new("/x/lib.so"))).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("ONNX Runtime library: [detect] ort_library names /x/lib.so, which"),
+            "{e}"
+        );
+    }
+}

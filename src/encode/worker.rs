@@ -1,0 +1,243 @@
+//! The encoder thread's loop: control first, then one batch, then the tracks that are done.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_queue::ArrayQueue;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::live::WindowUpdate;
+use super::load::LoadedModel;
+use super::stage::{Control, EncoderStats, Numbered, Settings, StageOptions, Swap};
+use super::tap::{TappedWindow, WindowTap};
+use crate::health::Beat;
+use crate::readout::Ema;
+use crate::types::{PersonAffect, PersonSample, ResultSink, TrackSpan};
+
+/// How long the thread waits for work before it beats idle.
+const IDLE_WAKE: Duration = Duration::from_millis(500);
+
+pub(super) struct Worker {
+    model: LoadedModel,
+    settings: Settings,
+    results: Arc<dyn ResultSink>,
+    tap: Option<Box<dyn WindowTap>>,
+    samples: Arc<ArrayQueue<Numbered>>,
+    stats: Arc<EncoderStats>,
+    /// Every sample numbered below this was taken from the queue or dropped from it.
+    taken: u64,
+    /// Tracks that ended, in hand-over order, waiting for their samples to pass.
+    ending: VecDeque<(TrackSpan, u64)>,
+    failures: u64,
+}
+
+impl Worker {
+    pub fn new(
+        model: LoadedModel,
+        options: StageOptions,
+        results: Arc<dyn ResultSink>,
+        tap: Option<Box<dyn WindowTap>>,
+        samples: Arc<ArrayQueue<Numbered>>,
+        stats: Arc<EncoderStats>,
+    ) -> Self {
+        let mut model = model;
+        model.encoder = model.encoder.with_max_per_camera(options.max_per_camera);
+        Self {
+            model,
+            settings: options.settings,
+            results,
+            tap,
+            samples,
+            stats,
+            taken: 0,
+            ending: VecDeque::new(),
+            failures: 0,
+        }
+    }
+
+    /// Per turn: every control message waiting, at most one batch of `max_batch` samples,
+    /// then the tracks whose samples have all passed. Sleeps only when no sample waits. So a
+    /// turn is at most one forward (and a swap's re-encode, which beats per batch), and the
+    /// heartbeat never waits on the backlog.
+    pub fn run(
+        mut self,
+        control: &Receiver<Control>,
+        doorbell: &Receiver<()>,
+        beat: &Beat,
+        stop: &CancellationToken,
+    ) {
+        loop {
+            let open = self.take_control(control, beat);
+            let stopping = stop.is_cancelled() || !open;
+            let encoded = self.encode_batch();
+            self.finish_ended_tracks();
+            beat.beat();
+            if stopping && self.samples.is_empty() {
+                // Endings sent just before the stop still go out, after their last windows.
+                self.take_control(control, beat);
+                self.finish_ended_tracks();
+                break;
+            }
+            if encoded == 0 && !stopping {
+                crossbeam_channel::select! {
+                    recv(doorbell) -> _ => {}
+                    recv(control) -> msg => if let Ok(msg) = msg { self.handle(msg, beat) },
+                    default(IDLE_WAKE) => {}
+                }
+            }
+        }
+        debug!(
+            persons = self.model.encoder.tracks(),
+            refused = self.model.encoder.refused(),
+            "encoder thread done"
+        );
+    }
+
+    /// Handles every control message waiting; false once every sender is gone.
+    fn take_control(&mut self, control: &Receiver<Control>, beat: &Beat) -> bool {
+        loop {
+            match control.try_recv() {
+                Ok(msg) => self.handle(msg, beat),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: Control, beat: &Beat) {
+        match msg {
+            Control::TrackEnded { span, before } => self.ending.push_back((span, before)),
+            Control::Swap(swap) => self.swap(*swap, beat),
+        }
+    }
+
+    /// Finishes the ended tracks none of whose samples can still be waiting: frees the
+    /// person's state at once and publishes the `end` event after its last window.
+    fn finish_ended_tracks(&mut self) {
+        while let Some((_, before)) = self.ending.front() {
+            if *before > self.taken && !self.samples.is_empty() {
+                break;
+            }
+            let (span, _) = self.ending.pop_front().expect("front exists");
+            self.model.encoder.end_track(&span.key());
+            self.results.track(span);
+        }
+        let persons = self.model.encoder.tracks() as u64;
+        self.stats.persons.store(persons, Ordering::Relaxed);
+    }
+
+    /// Swaps in a reloaded model, or keeps the running one when the new one cannot take over
+    /// or the reload stopped waiting for it.
+    fn swap(&mut self, swap: Swap, beat: &Beat) {
+        let Swap {
+            model,
+            settings,
+            ticket,
+            reply,
+        } = swap;
+        if !ticket.take() {
+            info!("a reloaded model arrived after its reload gave up waiting; not applied");
+            return;
+        }
+        let LoadedModel {
+            encoder,
+            readout,
+            id,
+        } = model;
+        let persons = self.model.encoder.tracks();
+        let mut between = || beat.beat();
+        let outcome = match self
+            .model
+            .encoder
+            .adopt(encoder, settings.max_batch, &mut between)
+        {
+            Ok(()) => {
+                self.model.readout = readout;
+                self.model.id = id.clone();
+                self.model.encoder.reset_smoothing();
+                self.settings = settings;
+                debug!(persons, model = %id.name, weights = %id.weights, "encoder swapped models");
+                Ok(id)
+            }
+            Err(e) => Err(format!("the running model was kept: {e}")),
+        };
+        let _ = reply.send(outcome);
+    }
+
+    /// Encodes up to `max_batch` waiting samples in one forward; returns how many.
+    fn encode_batch(&mut self) -> usize {
+        let mut batch: Vec<PersonSample> = Vec::with_capacity(self.settings.max_batch);
+        while batch.len() < self.settings.max_batch {
+            match self.samples.pop() {
+                Some(Numbered { n, sample }) => {
+                    self.taken = self.taken.max(n + 1);
+                    batch.push(sample);
+                }
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            return 0;
+        }
+        match self.model.encoder.push(&batch) {
+            Ok(updates) => updates.into_iter().for_each(|u| self.publish(u)),
+            Err(e) => {
+                self.failures += 1;
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                if self.failures.is_power_of_two() {
+                    warn!(error = %e, failures = self.failures, persons = batch.len(), "encoder forward failed; batch dropped");
+                }
+            }
+        }
+        batch.len()
+    }
+
+    /// Reads out one window, smooths it per person, hands it to the results and, when due,
+    /// to the tap.
+    fn publish(&mut self, update: WindowUpdate) {
+        let key = update.key();
+        let raw = self.model.readout.read(&update.embedding);
+        let alpha = self.settings.ema_alpha;
+        let every = self.tap.as_ref().map(|t| t.every());
+        let Some(person) = self.model.encoder.person_mut(&key) else {
+            return;
+        };
+        let affect = person
+            .ema
+            .get_or_insert_with(|| Ema::new(alpha))
+            .update(&raw);
+        let capture = every.is_some_and(|every| person.capture_since >= every);
+        if capture {
+            person.capture_since = 0;
+        }
+        let frames = capture.then(|| person.window.frames());
+        if let (Some(tap), Some(frames)) = (&self.tap, frames) {
+            tap.offer(TappedWindow {
+                camera: update.camera.clone(),
+                track_id: update.track_id,
+                model: self.model.id.name.clone(),
+                frames,
+            });
+        }
+        self.stats.windows.fetch_add(1, Ordering::Relaxed);
+        let readout = &self.model.readout;
+        self.results.person(PersonAffect {
+            camera: update.camera,
+            track_id: update.track_id,
+            start: update.start,
+            end: update.end,
+            frames: update.frames,
+            bbox: update.bbox,
+            frame_size: update.frame_size,
+            classes: readout.shared_names(),
+            affect,
+            source: readout.source(),
+            model: self.model.id.clone(),
+            embedding: self.settings.include_embedding.then_some(update.embedding),
+        });
+    }
+}

@@ -1,0 +1,165 @@
+//! The student being trained: one optimiser step at a time on the training windows, and its
+//! agreement with the teacher on the held-out ones.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use candle_core::{DType, Tensor};
+
+use super::checkpoint::{self, RunState, StepRecord};
+use super::data::{WindowSource, batch_indices};
+use super::loss::{Agreement, AgreementSum, ZeroShot, distillation_loss};
+use super::optim::AdamW;
+use super::settings::Settings;
+use super::student::Student;
+use super::teacher::{Targets, Teacher};
+use crate::model::EmotionClipConfig;
+use crate::model::preprocess::EncoderCrop;
+
+/// The student, its optimiser and what it learns to reproduce.
+pub struct Trainer<'a> {
+    pub student: Student,
+    opt: AdamW,
+    zero_shot: ZeroShot,
+    /// The teacher's targets of every window of `source`.
+    targets: Vec<Targets>,
+    teacher: &'a Teacher,
+    source: &'a dyn WindowSource,
+    settings: &'a Settings,
+}
+
+/// A student forward pass: video embeddings [B, E] and frame hints [B, T, teacher width].
+fn student_forward(
+    student: &Student,
+    windows: &[Vec<EncoderCrop>],
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let (video, hint) = super::teacher::video_and_hint(&student.model, windows)?;
+    match &student.hint_proj {
+        Some(p) => Ok((video, hint.broadcast_matmul(p)?)),
+        None => Ok((video, hint)),
+    }
+}
+
+fn stack_targets(targets: &[Targets], indices: &[usize]) -> candle_core::Result<(Tensor, Tensor)> {
+    let video: Vec<&Tensor> = indices.iter().map(|&i| &targets[i].video).collect();
+    let hint: Vec<&Tensor> = indices.iter().map(|&i| &targets[i].hint).collect();
+    Ok((Tensor::stack(&video, 0)?, Tensor::stack(&hint, 0)?))
+}
+
+fn load_windows(
+    source: &dyn WindowSource,
+    indices: &[usize],
+) -> anyhow::Result<Vec<Vec<EncoderCrop>>> {
+    indices
+        .iter()
+        .map(|&i| {
+            source
+                .load(i)
+                .with_context(|| format!("window {}", source.id(i)))
+        })
+        .collect()
+}
+
+fn to_rows(t: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
+    t.to_dtype(DType::F32)?.to_vec2::<f32>()
+}
+
+impl<'a> Trainer<'a> {
+    /// A student of `student_cfg` initialised from the teacher's layers (fresh tensors from
+    /// the settings' seed), learning `targets` of the windows of `source`.
+    pub fn new(
+        teacher: &'a Teacher,
+        source: &'a dyn WindowSource,
+        settings: &'a Settings,
+        student_cfg: &EmotionClipConfig,
+        targets: Vec<Targets>,
+    ) -> anyhow::Result<Self> {
+        let device = teacher.model.device().clone();
+        let student = Student::init(
+            student_cfg,
+            teacher.model.config(),
+            Arc::clone(&teacher.tensors),
+            settings.seed,
+            &device,
+        )?;
+        let opt = AdamW::new(student.params.vars(), settings.adamw)?;
+        let zero_shot = ZeroShot::new(&teacher.readout, &device)?;
+        Ok(Self {
+            student,
+            opt,
+            zero_shot,
+            targets,
+            teacher,
+            source,
+            settings,
+        })
+    }
+
+    /// One optimiser step on the windows of training step `step` (drawn from `train`).
+    pub fn step(&mut self, train: &[usize], step: usize) -> anyhow::Result<StepRecord> {
+        let settings = self.settings;
+        let indices = batch_indices(train, step, settings.batch, settings.seed);
+        let windows = load_windows(self.source, &indices)?;
+        let (video, hint) = student_forward(&self.student, &windows)?;
+        let (t_video, t_hint) = stack_targets(&self.targets, &indices)?;
+        let (loss, parts) = distillation_loss(
+            &settings.loss,
+            &self.zero_shot,
+            &video,
+            &hint,
+            &t_video,
+            &t_hint,
+        )?;
+        if !parts.total.is_finite() {
+            bail!("the loss diverged at step {step} ({parts:?}); lower --lr")
+        }
+        let grads = loss.backward()?;
+        let lr = settings.schedule.lr(step);
+        self.opt.step(&grads, lr)?;
+        Ok(StepRecord {
+            step,
+            lr,
+            loss: parts,
+        })
+    }
+
+    /// The held-out agreement of the student on the windows `val`.
+    pub fn evaluate(&self, val: &[usize]) -> anyhow::Result<Agreement> {
+        let mut sum = AgreementSum::default();
+        for chunk in val.chunks(self.settings.batch.max(1)) {
+            let windows = load_windows(self.source, chunk)?;
+            let (video, hint) = student_forward(&self.student, &windows)?;
+            let (t_video, t_hint) = stack_targets(&self.targets, chunk)?;
+            let (_, loss) = distillation_loss(
+                &self.settings.loss,
+                &self.zero_shot,
+                &video,
+                &hint,
+                &t_video,
+                &t_hint,
+            )?;
+            sum.add(
+                &self.teacher.readout,
+                &to_rows(&video.detach())?,
+                &to_rows(&t_video)?,
+                loss,
+            );
+        }
+        Ok(sum.finish())
+    }
+
+    /// Saves the student and the optimiser with `state` as the checkpoint in `out`.
+    pub fn save(&self, out: &std::path::Path, state: &RunState) -> anyhow::Result<()> {
+        checkpoint::save(out, &self.student, &self.opt, state)
+    }
+
+    /// Continues the checkpoint in `out` (of `state`) when it is of the run `fingerprint`.
+    pub fn restore(
+        &mut self,
+        out: &std::path::Path,
+        state: RunState,
+        fingerprint: &str,
+    ) -> anyhow::Result<Option<RunState>> {
+        checkpoint::restore(out, &self.student, &mut self.opt, state, fingerprint)
+    }
+}

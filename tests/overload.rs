@@ -1,0 +1,274 @@
+//! The daemon survives its own overload: the demo (the bundled clip of people walking, a real
+//! broker) driven harder than a CPU can encode, under a real systemd notify socket with a
+//! watchdog, as `Type=notify` + `WatchdogSec=6` would run it.
+//!
+//! Every frame of every person is sampled (`[window] stride = 1`: 8 samples/s per person) into
+//! a short encoder queue (`[model] queue = 4`), so the encoder drops samples all the time while
+//! people enter and leave and their tracks end. Ending tracks under overload is what once
+//! stalled the encoder; here every stage must keep beating (`[service] stage_stall_s = 5`), so
+//! the watchdog is fed throughout, and a track's messages must still precede its `end`.
+
+#[path = "common/mosquitto.rs"]
+mod mosquitto;
+#[path = "common/notify.rs"]
+mod notify;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use mosquitto::{Mosquitto, Msg, Subscriber};
+use notify::NotifySocket;
+use serde_json::Value;
+
+/// `[node] id` of configs/demo.toml.
+const NODE: &str = "demo";
+const CAMERA: &str = "walkway";
+/// Overload time after READY: nearly one loop of the 79.5 s clip, so people enter and leave.
+const RUN: Duration = Duration::from_secs(75);
+/// systemd's `WatchdogSec=6`: the daemon feeds it every 2 s (a third).
+const WATCHDOG: Duration = Duration::from_secs(6);
+/// What the `[service] stage_stall_s` of this test allows a stage between two beats.
+const STAGE_STALL_S: f64 = 5.0;
+
+/// configs/demo.toml with absolute paths and the broker's port, overloaded.
+fn overloaded_demo_config(broker: &Mosquitto) -> String {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(Path::new(repo).join("configs/demo.toml")).unwrap();
+    let text = text
+        .replace("\"../", &format!("\"{repo}/"))
+        .replace("file:../", &format!("file:{repo}/"));
+    assert!(
+        !text.contains("../"),
+        "demo.toml has a relative path this test misses"
+    );
+    let mut config: toml::Table = text.parse().expect("demo.toml parses");
+    let mut set = |section: &str, key: &str, value: toml::Value| {
+        config
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .unwrap_or_else(|| panic!("[{section}] is not a table"))
+            .insert(key.to_owned(), value);
+    };
+    set("mqtt", "port", toml::Value::Integer(broker.port().into()));
+    set("window", "stride", toml::Value::Integer(1));
+    set("model", "queue", toml::Value::Integer(4));
+    set(
+        "service",
+        "stage_stall_s",
+        toml::Value::Float(STAGE_STALL_S),
+    );
+    assert_eq!(config["node"]["id"].as_str(), Some(NODE));
+    assert_eq!(config["camera"][0]["id"].as_str(), Some(CAMERA));
+    config.to_string()
+}
+
+/// `affectd run` under a notify socket with a watchdog; killed on drop.
+struct Running {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Running {
+    fn start(config: &str, notify: &NotifySocket) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("affectd.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        // No WATCHDOG_PID: sd-notify then takes WATCHDOG_USEC as meant for this process.
+        let child = Command::new(env!("CARGO_BIN_EXE_affectd"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env("NOTIFY_SOCKET", notify.path())
+            .env("WATCHDOG_USEC", WATCHDOG.as_micros().to_string())
+            .env_remove("WATCHDOG_PID")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Running { child, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit.
+    fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        let t0 = Instant::now();
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "no exit within {limit:?} of SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json(m: &Msg) -> Value {
+    serde_json::from_slice(&m.payload).unwrap_or(Value::Null)
+}
+
+#[test]
+fn the_overloaded_demo_keeps_every_stage_beating_and_feeds_the_watchdog() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::new(&broker, "affectd/#");
+    let notify = NotifySocket::bind();
+    let mut daemon = Running::start(&overloaded_demo_config(&broker), &notify);
+
+    // Ready once the ViT-B/32 (seeded random weights) and the detector loaded, the clip plays
+    // and the broker was reached: seconds, more on 2 busy cores.
+    assert!(
+        notify.wait_for("READY=1", Duration::from_secs(120)),
+        "no READY=1 (exit {:?}):\n{}",
+        daemon.exited(),
+        daemon.log()
+    );
+    let ready = notify.times_of("READY=1")[0];
+    while ready.elapsed() < RUN {
+        if let Some(status) = daemon.exited() {
+            panic!(
+                "the daemon exited {status} after {:?} of overload:\n{}",
+                ready.elapsed(),
+                daemon.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let term = Instant::now();
+    // The default [service] shutdown_timeout_s is 4 s; the process exits right after it.
+    let status = daemon.terminate(Duration::from_secs(15));
+    let log = daemon.log();
+    assert!(status.success(), "exit {status} after SIGTERM:\n{log}");
+    assert!(
+        notify.wait_for("STOPPING=1", Duration::from_secs(1)),
+        "no STOPPING=1 at shutdown"
+    );
+    // Let the last messages of the shutdown flush reach the subscriber.
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The watchdog was fed every 2 s from READY to SIGTERM: never a gap of WatchdogSec/2.
+    let pings: Vec<Instant> = notify
+        .times_of("WATCHDOG=1")
+        .into_iter()
+        .filter(|t| *t >= ready && *t <= term)
+        .collect();
+    assert!(
+        !pings.is_empty(),
+        "no WATCHDOG=1 after READY=1 (all: {:?}):\n{log}",
+        notify.messages()
+    );
+    let first = pings[0] - ready;
+    assert!(
+        first <= Duration::from_secs(10),
+        "the first WATCHDOG=1 came {first:?} after READY=1:\n{log}"
+    );
+    let gaps: Vec<Duration> = pings
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .chain([term - *pings.last().unwrap()])
+        .collect();
+    let max_gap = gaps.iter().copied().max().unwrap_or_default();
+    assert!(
+        max_gap <= WATCHDOG / 2,
+        "the watchdog went {max_gap:?} unfed ({} pings in {:?}); systemd would restart at {WATCHDOG:?}:\n{log}",
+        pings.len(),
+        term - ready
+    );
+    assert!(
+        !log.contains("stages stopped making progress"),
+        "a stage stalled under overload:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+
+    // Results kept flowing, and tracks ended while they did.
+    let messages = sub.messages();
+    let tracks_topic = format!("affectd/{NODE}/{CAMERA}/tracks");
+    let person_prefix = format!("affectd/{NODE}/{CAMERA}/person/");
+    // Per track id: the index (arrival order) of its end event.
+    let mut ended: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut ended_before_term = 0;
+    for (i, m) in messages.iter().enumerate() {
+        if m.topic != tracks_topic {
+            continue;
+        }
+        let e = json(m);
+        if e["event"] == "end" {
+            let id = e["track_id"].as_u64().expect("track_id");
+            assert!(ended.insert(id, i).is_none(), "track {id} ended twice: {e}");
+            if m.at < term {
+                ended_before_term += 1;
+            }
+        }
+    }
+    let persons: Vec<(usize, u64)> = messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.topic.starts_with(&person_prefix))
+        .map(|(i, m)| (i, json(m)["track_id"].as_u64().expect("track_id")))
+        .collect();
+    assert!(
+        !persons.is_empty(),
+        "no person message in {:?} of overload:\n{log}",
+        term - ready
+    );
+    assert!(
+        ended_before_term >= 2,
+        "only {ended_before_term} tracks ended during {:?} of people walking:\n{log}",
+        term - ready
+    );
+    let late: Vec<(u64, usize, usize)> = persons
+        .iter()
+        .filter_map(|&(i, id)| {
+            ended
+                .get(&id)
+                .filter(|&&end| i > end)
+                .map(|&end| (id, i, end))
+        })
+        .collect();
+    assert!(
+        late.is_empty(),
+        "person messages after their track's end (track, message #, end #): {late:?}"
+    );
+    let tracks_with_messages = persons.iter().map(|&(_, id)| id).collect::<BTreeSet<_>>();
+    eprintln!(
+        "overload: {} watchdog pings in {:.1} s after READY (first after {:.2} s, max gap {:.2} s), \
+         {} person messages from {} tracks, {} track ends ({} before SIGTERM)",
+        pings.len(),
+        (term - ready).as_secs_f64(),
+        first.as_secs_f64(),
+        max_gap.as_secs_f64(),
+        persons.len(),
+        tracks_with_messages.len(),
+        ended.len(),
+        ended_before_term,
+    );
+}
