@@ -159,10 +159,10 @@ impl EncoderSender {
             ticket: Arc::clone(&ticket),
             reply,
         };
-        if let Err(e) = self.control.send(Control::Swap(Box::new(swap))) {
-            if let Control::Swap(swap) = e.into_inner() {
-                let _ = swap.reply.send(Err("the encoder has stopped".into()));
-            }
+        if let Err(e) = self.control.send(Control::Swap(Box::new(swap)))
+            && let Control::Swap(swap) = e.into_inner()
+        {
+            let _ = swap.reply.send(Err("the encoder has stopped".into()));
         }
         let _ = self.doorbell.try_send(());
         SwapReply { rx, ticket }

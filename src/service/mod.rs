@@ -6,6 +6,7 @@ mod config;
 mod reload;
 mod run;
 mod signals;
+mod stages;
 mod systemd;
 
 pub use check::{CheckReport, check};

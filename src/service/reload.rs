@@ -99,7 +99,7 @@ impl Reloader {
                 .context("model loading panicked")?
                 .context("cannot load the new model")?
         };
-        let reply = encoder.swap(loaded, super::run::settings(&config, &model_cfg));
+        let reply = encoder.swap(loaded, super::stages::settings(&config, &model_cfg));
         let id = tokio::task::spawn_blocking(move || reply.wait(SWAP_TIMEOUT))
             .await
             .context("waiting for the encoder panicked")?

@@ -1,12 +1,12 @@
 //! `affectd run`: start every stage, tell systemd when ready, feed its watchdog while the
 //! stages live, reload the model on SIGHUP, and shut down in order on SIGTERM.
 //!
-//! Threads own the heavy stages (one per camera in ingest, one for the analytics); the tokio
-//! runtime only runs MQTT, signals and timers.
+//! Threads own the heavy stages (one per camera in ingest, one for the analytics, one for the
+//! encoder, one for capture; see `stages.rs`); the tokio runtime only runs MQTT, signals and
+//! timers.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
@@ -16,16 +16,11 @@ use tracing::{error, info, warn};
 
 use super::reload::Reloader;
 use super::signals::{Signal, Signals};
+use super::stages::Stages;
 use super::systemd::Systemd;
-use crate::analytics::{Analytics, Pipeline};
-use crate::capture::{Capture, Manifest};
 use crate::config::Config;
-use crate::detect::Detector;
-use crate::encode::{self, EncoderStage, Settings, StageOptions, WindowTap};
 use crate::health::Health;
-use crate::ingest::Ingest;
-use crate::publish::{self, ResultPublisher};
-use crate::types::{CameraId, CameraState, CameraStatus, ResultSink};
+use crate::types::{CameraId, CameraState, CameraStatus};
 
 /// Runs the daemon until SIGTERM or SIGINT. `path` is the file `config` was read from: SIGHUP
 /// re-reads it.
@@ -56,88 +51,14 @@ async fn supervise(config: Config, path: &Path) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "affectd starting"
     );
-    // One token per stage, cancelled in data-flow order at shutdown.
+    // One token; each stage gets a child and stops in data-flow order at shutdown.
     let stop = CancellationToken::new();
-    let (analytics_stop, encoder_stop) = (stop.child_token(), stop.child_token());
-    let (ingest_stop, capture_stop, mqtt_stop) =
-        (stop.child_token(), stop.child_token(), stop.child_token());
-    let mqtt =
-        publish::start(&config.mqtt, &config.node.id, mqtt_stop).context("cannot start MQTT")?;
-    let results: Arc<dyn ResultSink> =
-        Arc::new(ResultPublisher::new(mqtt.clone(), &config.node.id));
-    // Engines load before any camera starts: a bad model file fails here, not mid-stream.
-    let mut capture = None;
-    let encoder = match &config.model {
-        Some(model_cfg) => {
-            let loaded =
-                encode::load(model_cfg, &config.readout).context("cannot load the model")?;
-            info!(model = %loaded.id.name, weights = %loaded.id.weights, "model ready");
-            let video_len = loaded.encoder.model().video_len();
-            if config.window.length != video_len {
-                anyhow::bail!(
-                    "window.length: {} does not match the model's window of {video_len} frames \
-                     (set it to {video_len} or remove it)",
-                    config.window.length
-                );
-            }
-            if let Some(capture_cfg) = config.capture.as_ref().filter(|c| c.enabled) {
-                let model = loaded.encoder.model();
-                let manifest = Manifest::new(
-                    model.config().vision_cfg.image_size,
-                    model.video_len(),
-                    model_cfg.crop_policy(),
-                    &loaded.id.name,
-                );
-                capture = Some(
-                    Capture::start(capture_cfg, &manifest, capture_stop)
-                        .context("cannot start [capture]")?,
-                );
-            }
-            let options = StageOptions {
-                settings: settings(&config, model_cfg),
-                queue: model_cfg.queue,
-                max_per_camera: config.window.max_tracks,
-            };
-            let tap = capture
-                .as_ref()
-                .map(|c| Box::new(c.sender()) as Box<dyn WindowTap>);
-            Some(
-                EncoderStage::spawn(
-                    loaded,
-                    options,
-                    Arc::clone(&results),
-                    tap,
-                    health.register("encoder"),
-                    encoder_stop,
-                )
-                .context("cannot start the encoder thread")?,
-            )
-        }
-        None => None,
-    };
-    let pipeline = match &config.detect {
-        Some(detect) => Some(Pipeline {
-            detector: Detector::new(detect).context("cannot start the detector")?,
-            track: config.track.clone(),
-            window: config.window.clone(),
-            encoder: encoder.as_ref().map(EncoderStage::sender),
-            results: Arc::clone(&results),
-        }),
-        None => None,
-    };
-    let ingest = Ingest::start(&config.cameras, &config.ingest, ingest_stop)
-        .context("cannot start ingest")?;
-    let statuses = ingest.statuses();
-    let status_task = publish::spawn_camera_status(mqtt.clone(), statuses.clone());
-    let analytics = Analytics::spawn(
-        ingest.hub(),
-        pipeline,
-        health.register("analytics"),
-        analytics_stop,
-    )
-    .context("cannot start the analytics thread")?;
+    let stages = Stages::start(&config, &health, &stop)?;
 
-    let mut ready = Box::pin(wait_ready(statuses, mqtt.ever_connected()));
+    let mut ready = Box::pin(wait_ready(
+        stages.statuses.clone(),
+        stages.mqtt.ever_connected(),
+    ));
     let mut ready_sent = false;
     let mut watchdog = tokio::time::interval(
         systemd
@@ -145,7 +66,7 @@ async fn supervise(config: Config, path: &Path) -> anyhow::Result<()> {
             .unwrap_or(Duration::from_secs(5)),
     );
     let mut stalled_before = Vec::new();
-    let reload_encoder = encoder.as_ref().map(EncoderStage::sender);
+    let reload_encoder = stages.encoder();
     let mut reloading: Option<JoinHandle<Reloader>> = None;
     let mut reload_again = false;
     loop {
@@ -159,10 +80,14 @@ async fn supervise(config: Config, path: &Path) -> anyhow::Result<()> {
                 let stalled = health.stalled(stage_stall);
                 if stalled.is_empty() {
                     systemd.feed_watchdog();
+                    if !stalled_before.is_empty() {
+                        info!("every stage is making progress again; the watchdog is fed");
+                    }
                 } else if stalled != stalled_before {
                     warn!(stages = ?stalled, "stages stopped making progress; the systemd watchdog is no longer fed");
                 }
                 stalled_before = stalled;
+                systemd.status(&stages.status_line());
             }
             done = async { reloading.as_mut().expect("guarded by the select condition").await }, if reloading.is_some() => {
                 reloading = None;
@@ -192,35 +117,9 @@ async fn supervise(config: Config, path: &Path) -> anyhow::Result<()> {
     if let Some(task) = reloading {
         task.abort();
     }
-
-    let deadline = Instant::now() + shutdown_timeout;
     info!(timeout_s = shutdown_timeout.as_secs_f64(), "shutting down");
     systemd.stopping();
-    let left = |deadline: Instant| deadline.saturating_duration_since(Instant::now());
-    // Pipelines first (EOS drains them), then the analytics, then flush MQTT.
-    let ingest_budget = left(deadline).mul_f64(0.5);
-    tokio::task::spawn_blocking(move || ingest.stop(ingest_budget))
-        .await
-        .context("ingest shutdown panicked")?;
-    tokio::task::spawn_blocking(move || analytics.stop())
-        .await
-        .context("analytics shutdown panicked")?;
-    if let Some(encoder) = encoder {
-        let budget = left(deadline).mul_f64(0.5);
-        tokio::task::spawn_blocking(move || encoder.stop(budget))
-            .await
-            .context("encoder shutdown panicked")?;
-    }
-    if let Some(capture) = capture {
-        let budget = left(deadline).mul_f64(0.5);
-        tokio::task::spawn_blocking(move || capture.stop(budget))
-            .await
-            .context("capture shutdown panicked")?;
-    }
-    let report = mqtt.shutdown(left(deadline)).await;
-    let _ = status_task.await;
-    info!(mqtt = %report, "stopped");
-    Ok(())
+    stages.shutdown(shutdown_timeout).await
 }
 
 /// Starts a reload in its own task (the watchdog keeps being fed while a model loads), and
@@ -255,13 +154,4 @@ async fn wait_ready(
         let _ = status.wait_for(|s| s.state != CameraState::Starting).await;
     }
     let _ = connected.wait_for(|c| *c).await;
-}
-
-/// The encoder settings a reload may change, from the config.
-pub(crate) fn settings(config: &Config, model_cfg: &crate::encode::ModelConfig) -> Settings {
-    Settings {
-        max_batch: model_cfg.max_batch,
-        ema_alpha: config.readout.ema_alpha,
-        include_embedding: model_cfg.include_embedding,
-    }
 }

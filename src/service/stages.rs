@@ -1,0 +1,222 @@
+//! The running stages: started in dependency order, stopped in data-flow order.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::analytics::{Analytics, Pipeline};
+use crate::capture::{Capture, Manifest};
+use crate::config::Config;
+use crate::detect::Detector;
+use crate::encode::{self, EncoderSender, EncoderStage, Settings, StageOptions, WindowTap};
+use crate::health::Health;
+use crate::ingest::Ingest;
+use crate::publish::{self, Publisher, ResultPublisher};
+use crate::types::{CameraId, CameraState, CameraStatus, ResultSink};
+
+/// Every stage of a running daemon.
+pub(super) struct Stages {
+    pub mqtt: Publisher,
+    capture: Option<Capture>,
+    encoder: Option<EncoderStage>,
+    ingest: Ingest,
+    analytics: Analytics,
+    status_task: JoinHandle<()>,
+    pub statuses: Vec<(CameraId, watch::Receiver<CameraStatus>)>,
+}
+
+impl Stages {
+    /// Starts MQTT, loads the engines (a bad model file fails here, before any camera
+    /// starts), then capture, the encoder, the cameras and the analytics. Each stage gets its
+    /// own child of `stop`.
+    pub fn start(
+        config: &Config,
+        health: &Health,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let mqtt = publish::start(&config.mqtt, &config.node.id, stop.child_token())
+            .context("cannot start MQTT")?;
+        let results: Arc<dyn ResultSink> =
+            Arc::new(ResultPublisher::new(mqtt.clone(), &config.node.id));
+        let (encoder, capture) = match &config.model {
+            Some(model_cfg) => {
+                let (encoder, capture) = start_encoder(config, model_cfg, &results, health, stop)?;
+                (Some(encoder), capture)
+            }
+            None => (None, None),
+        };
+        let pipeline = match &config.detect {
+            Some(detect) => Some(Pipeline {
+                detector: Detector::new(detect).context("cannot start the detector")?,
+                track: config.track.clone(),
+                window: config.window.clone(),
+                encoder: encoder.as_ref().map(EncoderStage::sender),
+                results,
+            }),
+            None => None,
+        };
+        let ingest = Ingest::start(&config.cameras, &config.ingest, stop.child_token())
+            .context("cannot start ingest")?;
+        let statuses = ingest.statuses();
+        let status_task = publish::spawn_camera_status(mqtt.clone(), statuses.clone());
+        let analytics = Analytics::spawn(
+            ingest.hub(),
+            pipeline,
+            health.register("analytics"),
+            stop.child_token(),
+        )
+        .context("cannot start the analytics thread")?;
+        Ok(Self {
+            mqtt,
+            capture,
+            encoder,
+            ingest,
+            analytics,
+            status_task,
+            statuses,
+        })
+    }
+
+    /// The encoder's input, for reloads.
+    pub fn encoder(&self) -> Option<EncoderSender> {
+        self.encoder.as_ref().map(EncoderStage::sender)
+    }
+
+    /// One line for `systemctl status` (sd_notify `STATUS=`): cameras streaming, persons
+    /// held, samples dropped, results waiting.
+    pub fn status_line(&self) -> String {
+        let streaming = self
+            .statuses
+            .iter()
+            .filter(|(_, s)| s.borrow().state == CameraState::Streaming)
+            .count();
+        let mqtt = self.mqtt.stats();
+        let mut line = format!("{streaming}/{} cameras streaming", self.statuses.len());
+        if let Some(encoder) = &self.encoder {
+            let stats = encoder.stats();
+            line += &format!(
+                "; persons {}, windows {}, samples dropped {}",
+                stats.persons.load(Ordering::Relaxed),
+                stats.windows.load(Ordering::Relaxed),
+                encoder.sender().dropped()
+            );
+        }
+        line + &format!(
+            "; results queued {}, dropped {}",
+            mqtt.queued + mqtt.in_flight,
+            mqtt.dropped
+        )
+    }
+
+    /// Stops the stages in data-flow order within `timeout`: the pipelines first (EOS drains
+    /// them), the analytics (ending every track), the encoder (encoding what is queued and
+    /// finishing the tracks), capture, then MQTT is flushed.
+    pub async fn shutdown(self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let share = |part: f64| {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .mul_f64(part)
+        };
+        let Stages {
+            mqtt,
+            capture,
+            encoder,
+            ingest,
+            analytics,
+            status_task,
+            statuses: _,
+        } = self;
+        let budget = share(0.5);
+        blocking("ingest", move || ingest.stop(budget)).await?;
+        blocking("analytics", move || analytics.stop()).await?;
+        if let Some(encoder) = encoder {
+            let budget = share(0.5);
+            blocking("encoder", move || encoder.stop(budget)).await?;
+        }
+        if let Some(capture) = capture {
+            let budget = share(0.5);
+            blocking("capture", move || capture.stop(budget)).await?;
+        }
+        let report = mqtt.shutdown(share(1.0)).await;
+        let _ = status_task.await;
+        info!(mqtt = %report, "stopped");
+        Ok(())
+    }
+}
+
+async fn blocking(stage: &str, f: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .with_context(|| format!("{stage} shutdown panicked"))
+}
+
+/// Loads the model, checks `[window] length` against it, starts capture (when configured)
+/// and the encoder thread.
+fn start_encoder(
+    config: &Config,
+    model_cfg: &encode::ModelConfig,
+    results: &Arc<dyn ResultSink>,
+    health: &Health,
+    stop: &CancellationToken,
+) -> anyhow::Result<(EncoderStage, Option<Capture>)> {
+    let loaded = encode::load(model_cfg, &config.readout).context("cannot load the model")?;
+    info!(model = %loaded.id.name, weights = %loaded.id.weights, "model ready");
+    let video_len = loaded.encoder.model().video_len();
+    if config.window.length != video_len {
+        anyhow::bail!(
+            "window.length: {} does not match the model's window of {video_len} frames \
+             (set it to {video_len} or remove it)",
+            config.window.length
+        );
+    }
+    let capture = match config.capture.as_ref().filter(|c| c.enabled) {
+        Some(capture_cfg) => {
+            let model = loaded.encoder.model();
+            let manifest = Manifest::new(
+                model.config().vision_cfg.image_size,
+                video_len,
+                model_cfg.crop_policy(),
+                &loaded.id.name,
+            );
+            Some(
+                Capture::start(capture_cfg, &manifest, stop.child_token())
+                    .context("cannot start [capture]")?,
+            )
+        }
+        None => None,
+    };
+    let options = StageOptions {
+        settings: settings(config, model_cfg),
+        queue: model_cfg.queue,
+        max_per_camera: config.window.max_tracks,
+    };
+    let tap = capture
+        .as_ref()
+        .map(|c| Box::new(c.sender()) as Box<dyn WindowTap>);
+    let encoder = EncoderStage::spawn(
+        loaded,
+        options,
+        Arc::clone(results),
+        tap,
+        health.register("encoder"),
+        stop.child_token(),
+    )
+    .context("cannot start the encoder thread")?;
+    Ok((encoder, capture))
+}
+
+/// The encoder settings a reload may change, from the config.
+pub(crate) fn settings(config: &Config, model_cfg: &encode::ModelConfig) -> Settings {
+    Settings {
+        max_batch: model_cfg.max_batch,
+        ema_alpha: config.readout.ema_alpha,
+        include_embedding: model_cfg.include_embedding,
+    }
+}
