@@ -4,6 +4,7 @@
 //! resolve relative paths against the config file's folder, then `validate()` every section.
 //! Every error is one line of the form `key: problem`.
 
+use std::cmp::Ordering;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -338,7 +339,16 @@ pub fn check_range<T: PartialOrd + fmt::Display>(
     min: T,
     max: T,
 ) -> Result<(), ConfigError> {
-    if value < min || value > max {
+    // Written with `partial_cmp` so that NaN (which TOML accepts as `nan`) is refused too.
+    let at_least = matches!(
+        value.partial_cmp(&min),
+        Some(Ordering::Greater | Ordering::Equal)
+    );
+    let at_most = matches!(
+        value.partial_cmp(&max),
+        Some(Ordering::Less | Ordering::Equal)
+    );
+    if !(at_least && at_most) {
         return Err(ConfigError::invalid(
             key,
             format!("{value} is out of range {min}..={max}"),

@@ -16,12 +16,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crossbeam_queue::ArrayQueue;
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{info, warn};
 
 use super::load::LoadedModel;
 use super::tap::WindowTap;
@@ -185,11 +186,15 @@ pub struct EncoderStats {
     pub failures: AtomicU64,
 }
 
+/// When the stage must be done stopping; set just before its token is cancelled.
+pub(super) type StopDeadline = Arc<Mutex<Option<Instant>>>;
+
 /// The running stage.
 pub struct EncoderStage {
     sender: EncoderSender,
     stats: Arc<EncoderStats>,
     stop: CancellationToken,
+    deadline: StopDeadline,
     thread: JoinHandle<()>,
     /// Disconnected when the thread ends.
     done: Receiver<()>,
@@ -217,19 +222,29 @@ impl EncoderStage {
             dropped: Arc::default(),
         };
         let stats = Arc::new(EncoderStats::default());
+        let deadline = StopDeadline::default();
         let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
-        let worker = Worker::new(model, options, results, tap, samples, Arc::clone(&stats));
-        let thread_stop = stop.clone();
+        let worker = Worker::new(
+            model,
+            options,
+            results,
+            tap,
+            samples,
+            Arc::clone(&stats),
+            Arc::clone(&sender.dropped),
+        );
+        let (thread_stop, thread_deadline) = (stop.clone(), Arc::clone(&deadline));
         let thread = std::thread::Builder::new()
             .name("encoder".into())
             .spawn(move || {
                 let _done = done_tx;
-                worker.run(&control_rx, &ring, &beat, &thread_stop);
+                worker.run(&control_rx, &ring, &beat, &thread_stop, &thread_deadline);
             })?;
         Ok(EncoderStage {
             sender,
             stats,
             stop,
+            deadline,
             thread,
             done,
         })
@@ -244,18 +259,24 @@ impl EncoderStage {
     }
 
     /// Stops the thread (the analytics stopped first, having ended every track) and waits up
-    /// to `timeout` for it to encode what is queued and publish it. A forward still running
-    /// past the deadline is abandoned: the process is about to exit.
+    /// to `timeout` for it to encode what is queued and publish it. Samples that one more
+    /// forward could not finish in time are dropped (counted) so that every track's `end`
+    /// still goes out; a forward still running past the deadline is abandoned: the process is
+    /// about to exit.
     pub fn stop(self, timeout: Duration) {
+        *self.deadline.lock() = Some(Instant::now() + timeout.mul_f64(0.8));
         self.stop.cancel();
         let _ = self.sender.doorbell.try_send(());
         let dropped = self.sender.dropped();
         match self.done.recv_timeout(timeout) {
             Err(RecvTimeoutError::Disconnected) => {
                 let _ = self.thread.join();
-                debug!(
-                    dropped,
-                    persons = self.stats.persons.load(Ordering::Relaxed),
+                let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                info!(
+                    persons = load(&self.stats.persons),
+                    windows = load(&self.stats.windows),
+                    samples_dropped = dropped,
+                    failures = load(&self.stats.failures),
                     "encoder stopped"
                 );
             }

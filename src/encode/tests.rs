@@ -169,13 +169,11 @@ fn overload(run: &Running, seconds: f64) -> Vec<TrackKey> {
             sender.track_ended(span(&camera, id));
             ended.push((camera.clone(), id));
         }
-        if watch_beat {
-            let stalled = run.health.stalled(Duration::from_millis(1500));
-            assert!(
-                stalled.is_empty(),
-                "{stalled:?} stopped beating under overload"
-            );
-        }
+        let stalled = run.health.stalled(Duration::from_millis(1500));
+        assert!(
+            stalled.is_empty(),
+            "{stalled:?} stopped beating under overload"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     for id in live {
@@ -312,4 +310,33 @@ fn the_tap_captures_the_first_window_update_every_n_frames_of_a_track() {
         .map(|s| s.frames[7].seq - 100)
         .collect();
     assert_eq!(last_seqs, [7, 13]);
+}
+
+#[test]
+fn a_shutdown_deadline_drops_the_backlog_but_never_a_track_end() {
+    let run = start(512, 1, None);
+    let camera: CameraId = Arc::from("cam");
+    let sender = run.stage.sender();
+    for n in 0..60 {
+        for id in 1..=8 {
+            sender.sample(sample(&camera, id, n));
+        }
+    }
+    for id in 1..=8 {
+        sender.track_ended(span(&camera, id));
+    }
+    let sink = Arc::clone(&run.sink);
+    let t0 = Instant::now();
+    // 480 batch-1 forwards take far longer than this.
+    run.stage.stop(Duration::from_millis(300));
+    let took = t0.elapsed();
+    let ends = sink
+        .0
+        .lock()
+        .iter()
+        .filter(|s| matches!(s, Seen::End(_)))
+        .count();
+    assert_eq!(ends, 8, "every end went out before stop returned ({took:?})");
+    assert!(sender.dropped() > 0, "the backlog was dropped, and counted");
+    assert!(took < Duration::from_secs(2), "{took:?}");
 }

@@ -2,8 +2,8 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use crossbeam_queue::ArrayQueue;
@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::live::WindowUpdate;
 use super::load::LoadedModel;
-use super::stage::{Control, EncoderStats, Numbered, Settings, StageOptions, Swap};
+use super::stage::{Control, EncoderStats, Numbered, Settings, StageOptions, StopDeadline, Swap};
 use super::tap::{TappedWindow, WindowTap};
 use crate::health::Beat;
 use crate::readout::Ema;
@@ -33,6 +33,10 @@ pub(super) struct Worker {
     /// Tracks that ended, in hand-over order, waiting for their samples to pass.
     ending: VecDeque<(TrackSpan, u64)>,
     failures: u64,
+    /// Samples dropped (shared with the sender's count).
+    dropped: Arc<AtomicU64>,
+    /// How long the last forward took: at shutdown, whether one more fits.
+    last_forward: Duration,
 }
 
 impl Worker {
@@ -43,6 +47,7 @@ impl Worker {
         tap: Option<Box<dyn WindowTap>>,
         samples: Arc<ArrayQueue<Numbered>>,
         stats: Arc<EncoderStats>,
+        dropped: Arc<AtomicU64>,
     ) -> Self {
         let mut model = model;
         model.encoder = model.encoder.with_max_per_camera(options.max_per_camera);
@@ -56,6 +61,8 @@ impl Worker {
             taken: 0,
             ending: VecDeque::new(),
             failures: 0,
+            dropped,
+            last_forward: Duration::ZERO,
         }
     }
 
@@ -69,10 +76,14 @@ impl Worker {
         doorbell: &Receiver<()>,
         beat: &Beat,
         stop: &CancellationToken,
+        deadline: &StopDeadline,
     ) {
         loop {
             let open = self.take_control(control, beat);
             let stopping = stop.is_cancelled() || !open;
+            if stopping && self.out_of_time(deadline) {
+                self.drop_waiting();
+            }
             let encoded = self.encode_batch();
             self.finish_ended_tracks();
             beat.beat();
@@ -95,6 +106,29 @@ impl Worker {
             refused = self.model.encoder.refused(),
             "encoder thread done"
         );
+    }
+
+    /// Whether another forward would end past the stop deadline.
+    fn out_of_time(&self, deadline: &StopDeadline) -> bool {
+        deadline
+            .lock()
+            .is_some_and(|d| Instant::now() + self.last_forward > d)
+    }
+
+    /// Drops every waiting sample (counted), so the ended tracks can be finished at once.
+    fn drop_waiting(&mut self) {
+        let mut n = 0u64;
+        while let Some(Numbered { n: number, .. }) = self.samples.pop() {
+            self.taken = self.taken.max(number + 1);
+            n += 1;
+        }
+        if n > 0 {
+            self.dropped.fetch_add(n, Ordering::Relaxed);
+            warn!(
+                samples = n,
+                "shutdown deadline: samples still queued were dropped; every track's end still goes out"
+            );
+        }
     }
 
     /// Handles every control message waiting; false once every sender is gone.
@@ -183,7 +217,10 @@ impl Worker {
         if batch.is_empty() {
             return 0;
         }
-        match self.model.encoder.push(&batch) {
+        let t0 = Instant::now();
+        let pushed = self.model.encoder.push(&batch);
+        self.last_forward = t0.elapsed();
+        match pushed {
             Ok(updates) => updates.into_iter().for_each(|u| self.publish(u)),
             Err(e) => {
                 self.failures += 1;
