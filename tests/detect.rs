@@ -115,12 +115,43 @@ fn probe_verifies_checksum_and_output_shapes() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, text).unwrap();
     let e = Detector::probe(&DetectConfig {
-        engine: bad,
+        engine: bad.clone(),
         ..config()
     })
     .unwrap_err()
     .to_string();
     assert!(e.contains("sha256 is d295874e"), "{e}");
+    // Outputs other than the manifest promises fail after one run, naming both.
+    let text = std::fs::read_to_string("engines/nanodet-g-416.toml")
+        .unwrap()
+        .replace("[1, 169, 44]]", "[1, 169, 45]]")
+        .replace(
+            "\"nanodet-g-416.onnx\"",
+            &format!("{:?}", model.display().to_string()),
+        );
+    std::fs::write(&bad, text).unwrap();
+    let e = Detector::probe(&DetectConfig {
+        engine: bad,
+        ..config()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("the manifest promises"), "{e}");
+}
+
+#[test]
+fn a_file_that_is_not_video_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("noise.mp4");
+    std::fs::write(&path, vec![7u8; 4096]).unwrap();
+    let mut frames = FileFrames::open(&path, "noise").unwrap();
+    let e = frames.next().expect("an error, not the end").unwrap_err();
+    assert!(e.to_string().contains("GstPipeline:file-noise.mp4"), "{e}");
+    assert!(frames.next().is_none());
+    let e = FileFrames::open(&dir.path().join("missing.mp4"), "x")
+        .err()
+        .unwrap();
+    assert!(e.to_string().ends_with("missing.mp4: no such file"), "{e}");
 }
 
 #[test]

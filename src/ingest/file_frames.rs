@@ -22,6 +22,9 @@ use super::pipeline::{bus_error, init, to_frame};
 const DECODE: &str = "filesrc name=src ! decodebin ! videoconvert ! video/x-raw,format=RGB ! \
                       appsink name=sink sync=false max-buffers=4";
 
+/// How long [`VideoFile`] waits for a frame before it looks for an error on the bus.
+const POLL: gst::ClockTime = gst::ClockTime::from_mseconds(100);
+
 /// Frames of an input file, in order.
 pub enum FileFrames {
     Image(Option<Frame>),
@@ -158,12 +161,16 @@ impl Iterator for VideoFile {
         if self.done {
             return None;
         }
-        match self.sink.pull_sample() {
-            Ok(sample) => Some(self.frame(&sample)),
-            Err(_) => {
+        // Not a blocking pull: a file that does not decode (not a video, no video stream) posts
+        // an error but never reaches the appsink, not even as end of stream.
+        loop {
+            if let Some(sample) = self.sink.try_pull_sample(POLL) {
+                return Some(self.frame(&sample));
+            }
+            let error = self.bus_error();
+            if error.is_some() || self.sink.is_eos() {
                 self.done = true;
-                // End of stream, or an error on the bus.
-                self.bus_error().map(Err)
+                return error.map(Err);
             }
         }
     }
