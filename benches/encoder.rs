@@ -16,6 +16,9 @@
 //! elsewhere on the machine hits all three alike. `AFFECTD_BENCH_CACHE` is where the ONNX
 //! export is kept between runs (default: a folder in the system temp dir).
 //!
+//! `AFFECTD_BENCH_REFERENCE=none` runs without the Python references (no `.venv-bench`: their
+//! columns print as NaN); the temporal, window-update and memory figures are affectd's alone.
+//!
 //! `AFFECTD_BENCH_PROFILE=B,N` runs only N candle forwards at batch B (random pixels) and exits:
 //! a steady loop to put under `perf record` (see BENCHMARKS.md).
 
@@ -109,13 +112,17 @@ fn main() {
         .collect();
     std::fs::write(&raw, bytes).expect("write pixels");
 
-    let mut py = Python::start(&python, &raw, threads, &cache);
+    let mut py = (std::env::var("AFFECTD_BENCH_REFERENCE").as_deref() != Ok("none"))
+        .then(|| Python::start(&python, &raw, threads, &cache));
     println!(
         "threads {threads} (candle get_num_threads {candle_threads}); {rounds} rounds of \
          >= {slice} s slices per batch size; {FRAMES} person crops of vtest; ViT-B/32 random \
          init in {load_s:.2} s\npython: {}",
-        py.hello
+        py.as_ref().map_or("none (AFFECTD_BENCH_REFERENCE=none)", |p| p.hello.as_str())
     );
+    let mut reference = |runtime: &str, b: usize, seconds: f64| {
+        py.as_mut().map_or(f64::NAN, |p| p.run(runtime, b, seconds))
+    };
 
     // Frame encoder: every round runs candle, PyTorch and ORT in turn on the same batch.
     let mut frame_rows = Vec::new();
@@ -131,19 +138,21 @@ fn main() {
         timed(0.0, b, || {
             model.encode_frames(&x, &m).expect("encode");
         });
-        py.run("torch", b, 0.0);
-        py.run("ort", b, 0.0);
+        reference("torch", b, 0.0);
+        reference("ort", b, 0.0);
         let mut row = FrameRow::new(b);
         for _ in 0..rounds {
             let c = candle();
-            let t = py.run("torch", b, slice);
-            let o = py.run("ort", b, slice);
+            let t = reference("torch", b, slice);
+            let o = reference("ort", b, slice);
             eprintln!("batch {b}: candle {c:.2}, torch {t:.2}, ort {o:.2} frames/s");
             row.push(c, t, o);
         }
         frame_rows.push(row);
     }
-    py.stop();
+    if let Some(mut py) = py.take() {
+        py.stop();
+    }
 
     // Temporal encoder alone: windows of 8 frame features.
     let embed = model.embed_dim();
