@@ -118,7 +118,8 @@ fn main() {
         "threads {threads} (candle get_num_threads {candle_threads}); {rounds} rounds of \
          >= {slice} s slices per batch size; {FRAMES} person crops of vtest; ViT-B/32 random \
          init in {load_s:.2} s\npython: {}",
-        py.as_ref().map_or("none (AFFECTD_BENCH_REFERENCE=none)", |p| p.hello.as_str())
+        py.as_ref()
+            .map_or("none (AFFECTD_BENCH_REFERENCE=none)", |p| p.hello.as_str())
     );
     let mut reference = |runtime: &str, b: usize, seconds: f64| {
         py.as_mut().map_or(f64::NAN, |p| p.run(runtime, b, seconds))

@@ -336,7 +336,10 @@ fn a_shutdown_deadline_drops_the_backlog_but_never_a_track_end() {
         .iter()
         .filter(|s| matches!(s, Seen::End(_)))
         .count();
-    assert_eq!(ends, 8, "every end went out before stop returned ({took:?})");
+    assert_eq!(
+        ends, 8,
+        "every end went out before stop returned ({took:?})"
+    );
     assert!(sender.dropped() > 0, "the backlog was dropped, and counted");
     assert!(took < Duration::from_secs(2), "{took:?}");
 }

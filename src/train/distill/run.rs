@@ -74,6 +74,7 @@ impl Run<'_> {
         run.execute_on_view(prior)
     }
 
+    /// The run on the windows of `self.source`, continuing `prior` when it is of this run.
     fn execute_on_view(&self, prior: Option<RunState>) -> anyhow::Result<Outcome> {
         let student_cfg = student_config(self.teacher.model.config(), &self.settings.student)?;
         let (train, val) = self.split()?;

@@ -8,7 +8,7 @@ use candle_core::{DType, Tensor};
 
 use super::checkpoint::{self, RunState, StepRecord};
 use super::data::{WindowSource, batch_indices};
-use super::loss::{Agreement, AgreementSum, ZeroShot, distillation_loss};
+use super::loss::{Agreement, AgreementSum, LossParts, ZeroShot, distillation_loss};
 use super::optim::AdamW;
 use super::settings::Settings;
 use super::student::Student;
@@ -26,6 +26,16 @@ pub struct Trainer<'a> {
     teacher: &'a Teacher,
     source: &'a dyn WindowSource,
     settings: &'a Settings,
+}
+
+/// The student against the teacher on some windows.
+struct Pass {
+    /// Video embeddings [B, E] of the student and of the teacher.
+    video: Tensor,
+    t_video: Tensor,
+    /// The distillation loss and its parts.
+    loss: Tensor,
+    parts: LossParts,
 }
 
 /// A student forward pass: video embeddings [B, E] and frame hints [B, T, teacher width].
@@ -95,21 +105,32 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// One optimiser step on the windows of training step `step` (drawn from `train`).
-    pub fn step(&mut self, train: &[usize], step: usize) -> anyhow::Result<StepRecord> {
-        let settings = self.settings;
-        let indices = batch_indices(train, step, settings.batch, settings.seed);
-        let windows = load_windows(self.source, &indices)?;
+    /// The student against the teacher on the windows `indices`.
+    fn pass(&self, indices: &[usize]) -> anyhow::Result<Pass> {
+        let windows = load_windows(self.source, indices)?;
         let (video, hint) = student_forward(&self.student, &windows)?;
-        let (t_video, t_hint) = stack_targets(&self.targets, &indices)?;
+        let (t_video, t_hint) = stack_targets(&self.targets, indices)?;
         let (loss, parts) = distillation_loss(
-            &settings.loss,
+            &self.settings.loss,
             &self.zero_shot,
             &video,
             &hint,
             &t_video,
             &t_hint,
         )?;
+        Ok(Pass {
+            video,
+            t_video,
+            loss,
+            parts,
+        })
+    }
+
+    /// One optimiser step on the windows of training step `step` (drawn from `train`).
+    pub fn step(&mut self, train: &[usize], step: usize) -> anyhow::Result<StepRecord> {
+        let settings = self.settings;
+        let indices = batch_indices(train, step, settings.batch, settings.seed);
+        let Pass { loss, parts, .. } = self.pass(&indices)?;
         if !parts.total.is_finite() {
             bail!("the loss diverged at step {step} ({parts:?}); lower --lr")
         }
@@ -127,22 +148,12 @@ impl<'a> Trainer<'a> {
     pub fn evaluate(&self, val: &[usize]) -> anyhow::Result<Agreement> {
         let mut sum = AgreementSum::default();
         for chunk in val.chunks(self.settings.batch.max(1)) {
-            let windows = load_windows(self.source, chunk)?;
-            let (video, hint) = student_forward(&self.student, &windows)?;
-            let (t_video, t_hint) = stack_targets(&self.targets, chunk)?;
-            let (_, loss) = distillation_loss(
-                &self.settings.loss,
-                &self.zero_shot,
-                &video,
-                &hint,
-                &t_video,
-                &t_hint,
-            )?;
+            let pass = self.pass(chunk)?;
             sum.add(
                 &self.teacher.readout,
-                &to_rows(&video.detach())?,
-                &to_rows(&t_video)?,
-                loss,
+                &to_rows(&pass.video.detach())?,
+                &to_rows(&pass.t_video)?,
+                pass.parts,
             );
         }
         Ok(sum.finish())
