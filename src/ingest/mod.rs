@@ -4,21 +4,11 @@
 //! as element properties, never pasted into launch text) and a supervisor thread that restarts
 //! it with exponential backoff when it errors, stalls or ends. Frames go into a bounded
 //! drop-oldest queue per camera; one consumer waits on all of them through a [`FrameHub`].
-//! Status goes out on a `tokio::sync::watch` channel per camera.
+//! Status goes out on a `tokio::sync::watch` channel per camera (the supervisor's doc says
+//! why it restarts pipelines itself rather than using `fallbacksrc`).
 //! [`FileFrames`] reads every frame of an image or video file, unpaced, for `affectd detect`,
 //! tests and benchmarks.
-//!
-//! Why the supervisor restarts pipelines itself instead of using gst-plugins-rs `fallbacksrc`
-//! (which is registered, and works in a custom template in `[ingest] pipelines_dir`: its `uri`
-//! is set like `rtspsrc`'s `location`):
-//! - while its source is not (yet) up, `fallbacksrc` produces placeholder frames (in the test
-//!   `a_custom_template_can_use_fallbacksrc`, 320x240 frames came before the camera's
-//!   768x576) that the analytics would take for real pictures; a dead camera must yield none;
-//! - its retry state is internal: the `starting | streaming | reconnecting | failed` status
-//!   and the typed last error would have to be re-derived from its statistics;
-//! - files, V4L2 devices and test sources need the same restart, stall and backoff logic,
-//!   and a single mechanism keeps them alike; `rtspsrc` properties (transport, latency,
-//!   credentials) stay plain properties of the `src` element.
+
 
 mod cameras;
 mod config;

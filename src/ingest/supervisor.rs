@@ -1,5 +1,17 @@
 //! One camera's supervisor: a named OS thread that builds the pipeline, plays it, watches its
 //! bus, detects stalls and end of stream, and restarts it with exponential backoff.
+//!
+//! Why the supervisor restarts pipelines itself instead of using gst-plugins-rs `fallbacksrc`
+//! (which is registered, and works in a custom template in `[ingest] pipelines_dir`: its `uri`
+//! is set like `rtspsrc`'s `location`):
+//! - while its source is not (yet) up, `fallbacksrc` produces placeholder frames (in the test
+//!   `a_custom_template_can_use_fallbacksrc`, 320x240 frames came before the camera's
+//!   768x576) that the analytics would take for real pictures; a dead camera must yield none;
+//! - its retry state is internal: the `starting | streaming | reconnecting | failed` status
+//!   and the typed last error would have to be re-derived from its statistics;
+//! - files, V4L2 devices and test sources need the same restart, stall and backoff logic,
+//!   and a single mechanism keeps them alike; `rtspsrc` properties (transport, latency,
+//!   credentials) stay plain properties of the `src` element.
 
 use std::collections::VecDeque;
 use std::future::Future;
