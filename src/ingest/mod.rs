@@ -9,7 +9,6 @@
 //! [`FileFrames`] reads every frame of an image or video file, unpaced, for `affectd detect`,
 //! tests and benchmarks.
 
-
 mod cameras;
 mod config;
 mod error;
