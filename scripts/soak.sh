@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Soak run (not part of CI): the release daemon on a config for N minutes against a private
-# mosquitto, to see memory creep and stalls that a short test cannot. Every 10 s it samples the
-# daemon's RSS; at the end it sends SIGTERM and prints, per minute, RSS, person messages, track
-# end events and stall warnings so far, then a summary.
+# mosquitto, to see what a short test cannot: memory creep, persons never freed, stalls.
+# Every 10 s it samples the daemon's RSS; at the end it sends SIGTERM and prints, per minute,
+# RSS, person messages, track end events and stall warnings so far, then a summary.
 #   scripts/soak.sh [minutes] [config]     # defaults: 30, configs/demo.toml
-# Env: RUST_LOG (default: info, and debug for the encoder so that its dropped-sample count is
-# logged at shutdown).
+# The daemon runs as under systemd's Type=notify with the unit's WatchdogSec=30 (a notify
+# socket in python3, when installed), so the table also shows what it reports in STATUS=:
+# persons held by the encoder and samples it dropped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -69,11 +70,34 @@ sed -e "s|\"\\.\\./|\"$config_dir/../|g" \
 
 stdbuf=()
 command -v stdbuf >/dev/null && stdbuf=(stdbuf -oL)
-"${stdbuf[@]}" mosquitto_sub -h 127.0.0.1 -p "$port" -q 1 -v -t 'affectd/#' > "$work/messages.log" 2> "$work/mosquitto_sub.log" &
+"${stdbuf[@]}" mosquitto_sub -h 127.0.0.1 -p "$port" -q 1 -v -t 'affectd/#' \
+  > "$work/messages.log" 2> "$work/mosquitto_sub.log" &
 pids+=($!)
 
+# systemd's side of Type=notify: every datagram, one line per KEY=VALUE, after the
+# monotonic time it arrived.
+notify_env=()
+if command -v python3 >/dev/null; then
+  python3 -c '
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+with open(sys.argv[2], "a", buffering=1) as out:
+    while True:
+        data = s.recv(65536).decode(errors="replace")
+        now = time.monotonic()
+        for line in data.splitlines():
+            if line:
+                out.write(f"{now:.3f} {line}\n")
+' "$work/notify.sock" "$work/notify.log" &
+  pids+=($!)
+  for _ in $(seq 50); do [ -S "$work/notify.sock" ] && break; sleep 0.1; done
+  [ -S "$work/notify.sock" ] && notify_env=(NOTIFY_SOCKET="$work/notify.sock" WATCHDOG_USEC=30000000)
+fi
+[ ${#notify_env[@]} -gt 0 ] || echo "soak: no python3: running without a notify socket" >&2
+
 # Without JOURNAL_STREAM the log lines carry timestamps.
-env -u JOURNAL_STREAM RUST_LOG="${RUST_LOG:-info,affectd::encode=debug}" \
+env -u JOURNAL_STREAM -u WATCHDOG_PID "${notify_env[@]}" RUST_LOG="${RUST_LOG:-info}" \
   "$bin" run --config "$work/affectd.toml" 2> "$work/affectd.log" &
 daemon=$!
 pids+=($daemon)
@@ -83,20 +107,31 @@ echo "soak: affectd (pid $daemon) on $config for $minutes min, broker on port $p
 rss_mib() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$daemon/status" 2>/dev/null || true; }
 count() { grep -cE "$1" "$2" 2>/dev/null || true; }
 persons() { count '^affectd/[^ ]+/person/[0-9]+ ' "$work/messages.log"; }
+begins() { count '^affectd/[^ ]+/tracks .*"event":"begin"' "$work/messages.log"; }
 ends() { count '^affectd/[^ ]+/tracks .*"event":"end"' "$work/messages.log"; }
 stalls() { count 'stages stopped making progress' "$work/affectd.log"; }
+# From the last STATUS= ("...; persons 3, windows 120, samples dropped 45; ..."), or "-".
+status_field() {
+  local v
+  v=$(grep ' STATUS=' "$work/notify.log" 2>/dev/null | tail -n1 | sed -nE "s/.*[ ;]$1 ([0-9]+).*/\\1/p")
+  echo "${v:--}"
+}
 
-# Every 10 s: elapsed s, RSS MiB, person messages, track ends, stall warnings.
-printf 'seconds\trss_mib\tpersons\tends\tstalls\n' > "$work/samples.tsv"
+# Every 10 s: elapsed s, RSS MiB, person messages, track ends, stall warnings, persons held,
+# samples dropped.
+printf 'seconds\trss_mib\tpersons\tends\tstalls\theld\tdropped\n' > "$work/samples.tsv"
 died=""
 for ((t = 10; t <= minutes * 60; t += 10)); do
   while [ $((SECONDS - start)) -lt "$t" ]; do
     if ! kill -0 "$daemon" 2>/dev/null; then died=1; break 2; fi
     sleep 1
   done
-  printf '%s\t%s\t%s\t%s\t%s\n' "$t" "$(rss_mib)" "$(persons)" "$(ends)" "$(stalls)" >> "$work/samples.tsv"
+  row=("$t" "$(rss_mib)" "$(persons)" "$(ends)" "$(stalls)" \
+    "$(status_field persons)" "$(status_field 'samples dropped')")
+  (IFS=$'\t'; echo "${row[*]}") >> "$work/samples.tsv"
   if [ $((t % 60)) -eq 0 ]; then
-    echo "soak: minute $((t / 60))/$minutes: RSS $(rss_mib) MiB, $(persons) person messages, $(ends) track ends, $(stalls) stall warnings"
+    echo "soak: minute $((t / 60))/$minutes: RSS ${row[1]} MiB, ${row[2]} person messages," \
+      "${row[3]} track ends, ${row[4]} stall warnings, ${row[5]} persons held"
   fi
 done
 
@@ -116,8 +151,11 @@ fi
 sleep 0.5 # the last messages of the shutdown flush
 
 echo
-printf '%6s  %8s  %8s  %6s  %6s\n' minute rss_mib persons ends stalls
-awk -F'\t' 'NR > 1 && $1 % 60 == 0 { printf "%6d  %8s  %8s  %6s  %6s\n", $1 / 60, $2, $3, $4, $5 }' "$work/samples.tsv"
+printf '%6s  %8s  %8s  %6s  %6s  %6s  %8s\n' minute rss_mib persons ends stalls held dropped
+awk -F'\t' 'NR > 1 && $1 % 60 == 0 {
+  printf "%6d  %8s  %8s  %6s  %6s  %6s  %8s\n", $1 / 60, $2, $3, $4, $5, $6, $7
+}' "$work/samples.tsv"
+
 rss2=$(awk -F'\t' '$1 == 120 { print $2 }' "$work/samples.tsv")
 rss_end=$(awk -F'\t' 'NR > 1 && $2 != "" { v = $2 } END { print v }' "$work/samples.tsv")
 last=$(tail -n1 "$work/samples.tsv" | cut -f1)
@@ -125,12 +163,26 @@ growth="n/a"
 if [ -n "$rss2" ] && [ -n "$rss_end" ] && [ "$last" -gt 120 ] 2>/dev/null; then
   growth=$(awk -v a="$rss2" -v b="$rss_end" 'BEGIN { printf "%+.1f%%", (b - a) / a * 100 }')
 fi
-# The encoder logs its count at shutdown (debug); otherwise any stage's last `dropped=`.
-dropped=$( (grep 'encoder stopped' "$work/affectd.log" || grep 'dropped=' "$work/affectd.log" || true) |
-  grep -oE 'dropped=[0-9]+' | tail -n1 | cut -d= -f2 || true)
+# The samples the encoder dropped: the count it logs when it stops, else (stopped past the
+# shutdown deadline) its last STATUS=.
+dropped=$(grep 'encoder stopped' "$work/affectd.log" | grep -oE 'dropped=[0-9]+' | tail -n1 |
+  cut -d= -f2 || true)
+if [ -z "$dropped" ] && [ "$(status_field 'samples dropped')" != - ]; then
+  dropped="$(status_field 'samples dropped') (last STATUS=)"
+fi
+# The longest time the watchdog went unfed after READY (the unit restarts the daemon at 30 s).
+max_gap=n/a
+if [ -f "$work/notify.log" ]; then
+  max_gap=$(awk '
+    $2 == "READY=1" && !ready { ready = $1; prev = $1 }
+    $2 == "WATCHDOG=1" && ready { if ($1 - prev > gap) gap = $1 - prev; prev = $1 }
+    $2 == "STOPPING=1" && ready { if ($1 - prev > gap) gap = $1 - prev; exit }
+    END { if (ready) printf "%.1f s", gap; else print "n/a" }' "$work/notify.log")
+fi
 echo
 echo "summary: RSS ${rss2:-n/a} MiB at 2 min, ${rss_end:-n/a} MiB at end, growth after 2 min ${growth};" \
-  "$(stalls) stall warnings; $(persons) person messages; $(ends) track ends;" \
-  "encoder dropped samples: ${dropped:-not reported}; exit status $status"
+  "$(stalls) stall warnings; longest watchdog gap ${max_gap:-n/a}; $(persons) person messages;" \
+  "$(begins) tracks begun, $(ends) ended ($(( $(begins) - $(ends) )) never); encoder dropped samples: ${dropped:-not reported};" \
+  "exit status $status"
 echo "soak: logs in $work"
 [ "$status" = 0 ] && [ -z "$died" ]

@@ -27,6 +27,9 @@ const NODE: &str = "demo";
 const CAMERA: &str = "walkway";
 /// Overload time after READY: nearly one loop of the 79.5 s clip, so people enter and leave.
 const RUN: Duration = Duration::from_secs(75);
+/// On a slow or busy box the first windows come later (a person needs 8 encoded samples): the
+/// run goes on, up to this long after READY, until a person message and two track ends came.
+const MAX_RUN: Duration = Duration::from_secs(180);
 /// systemd's `WatchdogSec=6`: the daemon feeds it every 2 s (a third).
 const WATCHDOG: Duration = Duration::from_secs(6);
 /// What the `[service] stage_stall_s` of this test allows a stage between two beats.
@@ -137,6 +140,38 @@ fn json(m: &Msg) -> Value {
     serde_json::from_slice(&m.payload).unwrap_or(Value::Null)
 }
 
+/// The track id of a person message.
+fn person(m: &Msg) -> Option<u64> {
+    if !m
+        .topic
+        .starts_with(&format!("affectd/{NODE}/{CAMERA}/person/"))
+    {
+        return None;
+    }
+    Some(
+        json(m)["track_id"]
+            .as_u64()
+            .expect("person message without track_id"),
+    )
+}
+
+/// The track id of a track event (`begin` or `end`).
+fn track_event(m: &Msg, event: &str) -> Option<u64> {
+    if m.topic != format!("affectd/{NODE}/{CAMERA}/tracks") {
+        return None;
+    }
+    let e = json(m);
+    (e["event"] == event).then(|| {
+        e["track_id"]
+            .as_u64()
+            .expect("track event without track_id")
+    })
+}
+
+fn end(m: &Msg) -> Option<u64> {
+    track_event(m, "end")
+}
+
 #[test]
 fn the_overloaded_demo_keeps_every_stage_beating_and_feeds_the_watchdog() {
     let broker = Mosquitto::start();
@@ -153,7 +188,12 @@ fn the_overloaded_demo_keeps_every_stage_beating_and_feeds_the_watchdog() {
         daemon.log()
     );
     let ready = notify.times_of("READY=1")[0];
-    while ready.elapsed() < RUN {
+    let enough = || {
+        let messages = sub.messages();
+        messages.iter().any(|m| person(m).is_some())
+            && messages.iter().filter(|m| end(m).is_some()).count() >= 2
+    };
+    while ready.elapsed() < RUN || (ready.elapsed() < MAX_RUN && !enough()) {
         if let Some(status) = daemon.exited() {
             panic!(
                 "the daemon exited {status} after {:?} of overload:\n{}",
@@ -174,6 +214,12 @@ fn the_overloaded_demo_keeps_every_stage_beating_and_feeds_the_watchdog() {
     );
     // Let the last messages of the shutdown flush reach the subscriber.
     std::thread::sleep(Duration::from_millis(500));
+
+    assert!(
+        !log.contains("stages stopped making progress"),
+        "a stage stalled under overload:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
 
     // The watchdog was fed every 2 s from READY to SIGTERM: never a gap of WatchdogSec/2.
     let pings: Vec<Instant> = notify
@@ -199,31 +245,19 @@ fn the_overloaded_demo_keeps_every_stage_beating_and_feeds_the_watchdog() {
     let max_gap = gaps.iter().copied().max().unwrap_or_default();
     assert!(
         max_gap <= WATCHDOG / 2,
-        "the watchdog went {max_gap:?} unfed ({} pings in {:?}); systemd would restart at {WATCHDOG:?}:\n{log}",
+        "the watchdog went {max_gap:?} unfed, over half its {WATCHDOG:?} ({} pings in {:?}):\n{log}",
         pings.len(),
         term - ready
     );
-    assert!(
-        !log.contains("stages stopped making progress"),
-        "a stage stalled under overload:\n{log}"
-    );
-    assert!(!log.contains("panicked"), "{log}");
 
     // Results kept flowing, and tracks ended while they did.
     let messages = sub.messages();
-    let tracks_topic = format!("affectd/{NODE}/{CAMERA}/tracks");
-    let person_prefix = format!("affectd/{NODE}/{CAMERA}/person/");
     // Per track id: the index (arrival order) of its end event.
     let mut ended: BTreeMap<u64, usize> = BTreeMap::new();
     let mut ended_before_term = 0;
     for (i, m) in messages.iter().enumerate() {
-        if m.topic != tracks_topic {
-            continue;
-        }
-        let e = json(m);
-        if e["event"] == "end" {
-            let id = e["track_id"].as_u64().expect("track_id");
-            assert!(ended.insert(id, i).is_none(), "track {id} ended twice: {e}");
+        if let Some(id) = end(m) {
+            assert!(ended.insert(id, i).is_none(), "track {id} ended twice");
             if m.at < term {
                 ended_before_term += 1;
             }
@@ -232,8 +266,7 @@ fn the_overloaded_demo_keeps_every_stage_beating_and_feeds_the_watchdog() {
     let persons: Vec<(usize, u64)> = messages
         .iter()
         .enumerate()
-        .filter(|(_, m)| m.topic.starts_with(&person_prefix))
-        .map(|(i, m)| (i, json(m)["track_id"].as_u64().expect("track_id")))
+        .filter_map(|(i, m)| Some((i, person(m)?)))
         .collect();
     assert!(
         !persons.is_empty(),
@@ -258,10 +291,28 @@ fn the_overloaded_demo_keeps_every_stage_beating_and_feeds_the_watchdog() {
         late.is_empty(),
         "person messages after their track's end (track, message #, end #): {late:?}"
     );
+    // What the daemon last told systemd (`STATUS=`), e.g. the samples the encoder dropped:
+    // not asserted, a fast machine may keep up. On 2 cores the queue overflows all along.
+    let status_line = notify
+        .messages()
+        .into_iter()
+        .rev()
+        .filter(|(at, _)| *at <= term)
+        .flat_map(|(_, lines)| lines)
+        .find_map(|l| l.strip_prefix("STATUS=").map(str::to_owned))
+        .unwrap_or_else(|| "none".into());
     let tracks_with_messages = persons.iter().map(|&(_, id)| id).collect::<BTreeSet<_>>();
+    // Not asserted either: an encoder still busy at the shutdown deadline loses the `end` of
+    // every track open at SIGTERM.
+    let never_ended = messages
+        .iter()
+        .filter_map(|m| track_event(m, "begin"))
+        .filter(|id| !ended.contains_key(id))
+        .count();
     eprintln!(
         "overload: {} watchdog pings in {:.1} s after READY (first after {:.2} s, max gap {:.2} s), \
-         {} person messages from {} tracks, {} track ends ({} before SIGTERM)",
+         {} person messages from {} tracks, {} track ends ({} before SIGTERM), {} tracks never \
+         ended; last status: {}",
         pings.len(),
         (term - ready).as_secs_f64(),
         first.as_secs_f64(),
@@ -270,5 +321,7 @@ fn the_overloaded_demo_keeps_every_stage_beating_and_feeds_the_watchdog() {
         tracks_with_messages.len(),
         ended.len(),
         ended_before_term,
+        never_ended,
+        status_line,
     );
 }
