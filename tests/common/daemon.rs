@@ -1,4 +1,5 @@
 //! A running `affectd run` for end-to-end tests (include with `#[path]`, beside `mosquitto`).
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -16,18 +17,24 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &str) -> Daemon {
+        Self::start_with(config, |_| {})
+    }
+
+    /// Like [`Daemon::start`], with `env` adjusting the command's environment first.
+    pub fn start_with(config: &str, env: impl FnOnce(&mut Command)) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("affectd.toml");
         std::fs::write(&path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_affectd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_affectd"));
+        command
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        env(&mut command);
+        let child = command.spawn().unwrap();
         Daemon { child, dir }
     }
 
