@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod model;
 pub mod publish;
 pub mod readout;
+pub mod results;
 pub mod service;
 pub mod track;
 pub mod train;

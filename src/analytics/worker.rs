@@ -18,8 +18,9 @@ use crate::detect::Detector;
 use crate::encode::EncoderSender;
 use crate::health::Beat;
 use crate::ingest::FrameHub;
+use crate::results::{ResultSink, SpanEvent, TrackSpan};
 use crate::track::{EndedTrack, TrackConfig, Tracker};
-use crate::types::{CameraId, Detection, Frame, PersonSample, ResultSink, SpanEvent, TrackSpan};
+use crate::types::{CameraId, Detection, Frame, PersonSample};
 use crate::window::{Sampler, WindowConfig};
 
 /// How long the thread sleeps waiting for frames before it beats and looks at the stop token.

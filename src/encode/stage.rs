@@ -29,7 +29,8 @@ use super::tap::WindowTap;
 use super::worker::Worker;
 use crate::health::Beat;
 use crate::model::ModelId;
-use crate::types::{PersonSample, ResultSink, TrackSpan};
+use crate::results::{ResultSink, TrackSpan};
+use crate::types::PersonSample;
 
 /// The stage's settings; those in [`Settings`] change with a reload.
 pub struct StageOptions {

@@ -17,9 +17,8 @@ use crate::health::Health;
 use crate::model::preprocess::CropPolicy;
 use crate::model::{EmotionClip, EmotionClipConfig, ModelId};
 use crate::readout::{Readout, ReadoutConfig};
-use crate::types::{
-    BBox, CameraId, Frame, PersonAffect, PersonSample, ResultSink, SpanEvent, TrackKey, TrackSpan,
-};
+use crate::results::{PersonAffect, ResultSink, SpanEvent, TrackSpan};
+use crate::types::{BBox, CameraId, Frame, PersonSample, TrackKey};
 
 fn tiny(seed: Option<u64>) -> EmotionClip {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/emotionclip-tiny");

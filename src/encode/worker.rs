@@ -16,7 +16,8 @@ use super::stage::{Control, EncoderStats, Numbered, Settings, StageOptions, Stop
 use super::tap::{TappedWindow, WindowTap};
 use crate::health::Beat;
 use crate::readout::Ema;
-use crate::types::{PersonAffect, PersonSample, ResultSink, TrackSpan};
+use crate::results::{PersonAffect, ResultSink, TrackSpan};
+use crate::types::PersonSample;
 
 /// How long the thread waits for work before it beats idle.
 const IDLE_WAKE: Duration = Duration::from_millis(500);

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use crate::model::ModelId;
 use crate::readout::ReadoutSource;
-use crate::types::{BBox, SpanEvent, rfc3339};
+use crate::results::SpanEvent;
+use crate::types::{BBox, rfc3339};
 
 /// `schema` of [`PersonMessage`].
 pub const PERSON_SCHEMA: &str = "affectd.person/1";

@@ -11,7 +11,8 @@ use super::payload::{
     PERSON_SCHEMA, PersonMessage, TRACK_SCHEMA, TrackEvent, WindowSpan, normalised_box,
 };
 use crate::readout::Readout;
-use crate::types::{PersonAffect, ResultSink, TrackSpan, rfc3339};
+use crate::results::{PersonAffect, ResultSink, TrackSpan};
+use crate::types::rfc3339;
 
 /// Publishes results of one node over MQTT (through the outbox: never blocks).
 #[derive(Clone)]

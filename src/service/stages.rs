@@ -18,7 +18,8 @@ use crate::encode::{self, EncoderSender, EncoderStage, Settings, StageOptions, W
 use crate::health::Health;
 use crate::ingest::Ingest;
 use crate::publish::{self, Publisher, ResultPublisher};
-use crate::types::{CameraId, CameraState, CameraStatus, ResultSink};
+use crate::results::ResultSink;
+use crate::types::{CameraId, CameraState, CameraStatus};
 
 /// Every stage of a running daemon.
 pub(super) struct Stages {
