@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what affectd needs on Debian 12 and is missing: GStreamer (with the RTSP server
-# library for tests), mosquitto, and the ONNX Runtime library from the PyPI wheel.
+# library for tests), mosquitto, prometheus (its promtool checks /metrics in the tests; the
+# package also enables a Prometheus server on :9090 under systemd), and the ONNX Runtime
+# library from the PyPI wheel.
 # Idempotent: a second run installs nothing.
 #   scripts/install-deps.sh            # into ./.venv (development, tests, demo)
 #   scripts/install-deps.sh --system   # also copies the library to /opt/affectd/onnxruntime
@@ -14,6 +16,7 @@ PACKAGES=(
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools
   libgstrtspserver-1.0-dev gstreamer1.0-rtsp
   mosquitto mosquitto-clients python3-venv openssl
+  prometheus
 )
 
 SUDO=""

@@ -14,6 +14,7 @@ use crate::capture::CaptureConfig;
 use crate::detect::DetectConfig;
 use crate::encode::ModelConfig;
 use crate::ingest::{CameraConfig, IngestConfig, Source};
+use crate::observe::HttpConfig;
 use crate::publish::MqttConfig;
 use crate::readout::ReadoutConfig;
 use crate::service::ServiceConfig;
@@ -57,6 +58,9 @@ pub struct Config {
     /// Process supervision: shutdown and health.
     #[serde(default)]
     pub service: ServiceConfig,
+    /// The HTTP endpoints: Prometheus metrics, health, live cameras and tracks.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// The folder of the config file; relative paths in the file are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -179,6 +183,7 @@ impl Config {
         if let Some(capture) = &mut self.capture {
             capture.resolve_paths(&base);
         }
+        self.http.resolve_paths(&base);
     }
 
     /// Checks every section; the first problem found is returned.
@@ -226,6 +231,7 @@ impl Config {
             capture.validate("capture")?;
         }
         self.service.validate("service")?;
+        self.http.validate("http")?;
         Ok(())
     }
 
@@ -267,6 +273,9 @@ impl Config {
             if let Some(p) = &detect.ort_library {
                 files.push(("detect.ort_library".into(), p.clone(), FileKind::File));
             }
+        }
+        if let Some(p) = self.http.token_file.as_ref().filter(|_| self.http.enabled) {
+            files.push(("http.token_file".into(), p.clone(), FileKind::File));
         }
         if let Some(p) = &self.readout.heads_file {
             files.push(("readout.heads_file".into(), p.clone(), FileKind::File));

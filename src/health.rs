@@ -67,13 +67,24 @@ impl Health {
 
     /// The stages whose last beat is older than `max_age`.
     pub fn stalled(&self, max_age: Duration) -> Vec<String> {
+        self.beats()
+            .into_iter()
+            .filter(|(_, age)| *age > max_age)
+            .map(|(stage, _)| stage)
+            .collect()
+    }
+
+    /// Every registered stage with the time since its last beat (millisecond resolution), in
+    /// registration order.
+    pub fn beats(&self) -> Vec<(String, Duration)> {
         let now = self.epoch.elapsed().as_millis() as u64;
-        let max = max_age.as_millis() as u64;
         self.beats
             .lock()
             .iter()
-            .filter(|r| now.saturating_sub(r.last_ms.load(Ordering::Relaxed)) > max)
-            .map(|r| r.stage.clone())
+            .map(|r| {
+                let age = now.saturating_sub(r.last_ms.load(Ordering::Relaxed));
+                (r.stage.clone(), Duration::from_millis(age))
+            })
             .collect()
     }
 }

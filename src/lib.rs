@@ -3,6 +3,7 @@
 //! The stages, in data-flow order: ingest -> analytics (detect -> track -> window sampling)
 //! -> encode (EmotionCLIP over each person's window, `model`) -> readout -> publish;
 //! `capture` stores windows for training, `service` runs the stages, `health` watches them,
+//! `observe` serves metrics, health and the live state over HTTP,
 //! `config`, `types` and `backoff` are shared, `digest` names files by content; `train` fits
 //! models on captured data. ARCHITECTURE.md is the map.
 
@@ -16,6 +17,7 @@ pub mod encode;
 pub mod health;
 pub mod ingest;
 pub mod model;
+pub mod observe;
 pub mod publish;
 pub mod readout;
 pub mod results;

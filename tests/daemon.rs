@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use daemon::{Daemon, NODE, config, fixture};
+use daemon::{Daemon, NODE, config, fixture, schema};
 use mosquitto::{Mosquitto, Msg, Subscriber};
 use rtsp::RtspServer;
 use serde_json::Value;
@@ -197,17 +197,6 @@ fn invalid_config_is_one_line_naming_the_key_and_exit_code_2() {
             "error: camera[1].uri: scheme \"htp\" is not one of rtsp, rtsps, file, v4l2, test\n"
         );
     }
-}
-
-fn schema(name: &str) -> jsonschema::Validator {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("schemas")
-        .join(name);
-    let value: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    jsonschema::options()
-        .should_validate_formats(true)
-        .build(&value)
-        .unwrap()
 }
 
 /// `configs/demo.toml` as shipped, pointed at this test's broker.

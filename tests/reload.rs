@@ -106,6 +106,9 @@ uri = "file:{clip}"
 port = {port}
 status_interval_s = 1.0
 
+[http]
+enabled = false
+
 [detect]
 engine = "{engine}"
 providers = ["cpu"]

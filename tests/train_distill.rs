@@ -12,39 +12,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use daemon::{Daemon, NODE, config, fixture};
+use daemon::{Daemon, NODE, config, detect_sections, fixture, tiny_model_section};
 use mosquitto::{Mosquitto, Subscriber};
 use serde_json::Value;
 
 const CAMERA: &str = "walkway";
 
-/// The bundled detector, every frame sampled.
-fn detect_sections() -> String {
-    format!(
-        "[detect]\nengine = \"{}/engines/nanodet-g-416.toml\"\nproviders = [\"cpu\"]\n\
-         [window]\nstride = 1\n",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-/// `[model]`: the tiny teacher (seeded random weights), and what goes with it.
+/// The bundled detector, every frame sampled, the tiny teacher (seeded random weights), and
+/// capture into `capture`.
 fn teacher_sections(capture: &Path) -> String {
     format!(
-        r#"
-{detect}
-[model]
-allow_untrained = true
-seed = 7
-config = "{teacher}"
-name = "tiny-teacher"
-update_every = 2
-[capture]
-dir = "{capture}"
-every = 4
-"#,
-        detect = detect_sections(),
-        teacher = fixture("tiny-teacher.json").display(),
-        capture = capture.display()
+        "{}{}[capture]\ndir = \"{}\"\nevery = 4\n",
+        detect_sections(),
+        tiny_model_section(),
+        capture.display()
     )
 }
 

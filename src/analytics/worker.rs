@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -18,6 +18,7 @@ use crate::detect::Detector;
 use crate::encode::EncoderSender;
 use crate::health::Beat;
 use crate::ingest::FrameHub;
+use crate::observe::AnalyticsMetrics;
 use crate::results::{ResultSink, SpanEvent, TrackSpan};
 use crate::track::{EndedTrack, TrackConfig, Tracker};
 use crate::types::{CameraId, Detection, Frame, PersonSample};
@@ -34,6 +35,8 @@ pub struct Pipeline {
     /// Where sampled persons and track endings go; `None` runs detection and tracking only.
     pub encoder: Option<EncoderSender>,
     pub results: Arc<dyn ResultSink>,
+    /// Detector runs, track begins and ends.
+    pub metrics: AnalyticsMetrics,
 }
 
 pub struct Analytics {
@@ -106,7 +109,11 @@ impl Worker {
             return;
         }
         let refs: Vec<&Frame> = frames.iter().collect();
-        let detections = match self.pipeline.detector.run(&refs) {
+        let t0 = Instant::now();
+        let run = self.pipeline.detector.run(&refs);
+        let metrics = &self.pipeline.metrics;
+        metrics.detector_run(frames.len(), t0.elapsed(), run.is_ok());
+        let detections = match run {
             Ok(d) => d,
             Err(e) => {
                 self.failures += 1;
@@ -139,6 +146,7 @@ impl Worker {
             .iter()
             .filter(|t| update.started.contains(&t.id))
         {
+            self.pipeline.metrics.track_begun(&frame.camera);
             self.pipeline.results.track(TrackSpan {
                 camera: frame.camera.clone(),
                 track_id: t.id,
@@ -176,6 +184,7 @@ impl Worker {
             first_seen: track.first_seen,
             last_seen: track.last_seen,
         };
+        self.pipeline.metrics.track_ended(camera);
         match &self.pipeline.encoder {
             Some(encoder) => encoder.track_ended(span),
             None => self.pipeline.results.track(span),

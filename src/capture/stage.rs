@@ -138,8 +138,8 @@ impl Capture {
         self.sender.clone()
     }
 
-    pub fn stats(&self) -> &CaptureStats {
-        &self.sender.stats
+    pub fn stats(&self) -> Arc<CaptureStats> {
+        Arc::clone(&self.sender.stats)
     }
 
     /// Cancels the stop token: the thread writes what is queued (the encoder stopped first)

@@ -29,6 +29,7 @@ use super::tap::WindowTap;
 use super::worker::Worker;
 use crate::health::Beat;
 use crate::model::ModelId;
+use crate::observe::EncoderMetrics;
 use crate::results::{ResultSink, TrackSpan};
 use crate::types::PersonSample;
 
@@ -39,6 +40,8 @@ pub struct StageOptions {
     pub queue: usize,
     /// Person windows per camera at most (`[window] max_tracks`).
     pub max_per_camera: usize,
+    /// Batch durations and sizes, and the model served.
+    pub metrics: EncoderMetrics,
 }
 
 /// What a reload may change besides the model.
@@ -174,6 +177,16 @@ impl EncoderSender {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    /// Samples handed over so far (queued, then encoded or dropped).
+    pub fn received(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    /// Samples waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.samples.len()
+    }
 }
 
 /// Counters of the stage, readable from any thread.
@@ -185,6 +198,8 @@ pub struct EncoderStats {
     pub windows: AtomicU64,
     /// Batches whose forward failed.
     pub failures: AtomicU64,
+    /// Samples refused because their camera held `[window] max_tracks` persons.
+    pub refused: AtomicU64,
 }
 
 /// When the stage must be done stopping; set just before its token is cancelled.

@@ -125,6 +125,7 @@ fn start(queue: usize, max_batch: usize, tap: Option<Box<dyn WindowTap>>) -> Run
         },
         queue,
         max_per_camera: 64,
+        metrics: Default::default(),
     };
     let stage = EncoderStage::spawn(
         loaded("tiny", None),

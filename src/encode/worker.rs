@@ -15,6 +15,7 @@ use super::load::LoadedModel;
 use super::stage::{Control, EncoderStats, Numbered, Settings, StageOptions, StopDeadline, Swap};
 use super::tap::{TappedWindow, WindowTap};
 use crate::health::Beat;
+use crate::observe::EncoderMetrics;
 use crate::readout::Ema;
 use crate::results::{PersonAffect, ResultSink, TrackSpan};
 use crate::types::PersonSample;
@@ -38,6 +39,7 @@ pub(super) struct Worker {
     dropped: Arc<AtomicU64>,
     /// How long the last forward took: at shutdown, whether one more fits.
     last_forward: Duration,
+    metrics: EncoderMetrics,
 }
 
 impl Worker {
@@ -52,6 +54,7 @@ impl Worker {
     ) -> Self {
         let mut model = model;
         model.encoder = model.encoder.with_max_per_camera(options.max_per_camera);
+        options.metrics.serving(&model.id);
         Self {
             model,
             settings: options.settings,
@@ -64,6 +67,7 @@ impl Worker {
             failures: 0,
             dropped,
             last_forward: Duration::ZERO,
+            metrics: options.metrics,
         }
     }
 
@@ -195,6 +199,7 @@ impl Worker {
                 self.model.id = id.clone();
                 self.model.encoder.reset_smoothing();
                 self.settings = settings;
+                self.metrics.serving(&id);
                 debug!(persons, model = %id.name, weights = %id.weights, "encoder swapped models");
                 Ok(id)
             }
@@ -221,6 +226,9 @@ impl Worker {
         let t0 = Instant::now();
         let pushed = self.model.encoder.push(&batch);
         self.last_forward = t0.elapsed();
+        self.metrics.batch(batch.len(), self.last_forward);
+        let refused = self.model.encoder.refused();
+        self.stats.refused.store(refused, Ordering::Relaxed);
         match pushed {
             Ok(updates) => updates.into_iter().for_each(|u| self.publish(u)),
             Err(e) => {

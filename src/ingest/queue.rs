@@ -41,6 +41,7 @@ impl Doorbell {
 #[derive(Debug)]
 pub struct FrameQueue {
     frames: ArrayQueue<Frame>,
+    delivered: AtomicU64,
     dropped: AtomicU64,
     bell: Arc<Doorbell>,
 }
@@ -49,6 +50,7 @@ impl FrameQueue {
     fn new(capacity: usize, bell: Arc<Doorbell>) -> FrameQueue {
         FrameQueue {
             frames: ArrayQueue::new(capacity.max(1)),
+            delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             bell,
         }
@@ -56,6 +58,7 @@ impl FrameQueue {
 
     /// Adds a frame without ever blocking; when full, the oldest frame is dropped and counted.
     pub(crate) fn push(&self, frame: Frame) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
         if self.frames.force_push(frame).is_some() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -77,6 +80,11 @@ impl FrameQueue {
 
     pub fn capacity(&self) -> usize {
         self.frames.capacity()
+    }
+
+    /// Frames pushed so far (every pipeline run of the camera): what left its decoder.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
     }
 
     /// Frames dropped so far because the consumer was slower than the camera.
@@ -188,6 +196,7 @@ mod tests {
             q.push(frame(&cam, seq));
         }
         assert_eq!(q.len(), 3);
+        assert_eq!(q.delivered(), 5);
         assert_eq!(q.dropped(), 2);
         let seqs: Vec<_> = std::iter::from_fn(|| q.pop()).map(|f| f.seq).collect();
         assert_eq!(seqs, [2, 3, 4]);

@@ -28,3 +28,6 @@ pub use publisher::{
 pub use results::{ResultPublisher, person_message, track_message};
 pub use status::spawn_camera_status;
 pub use topics::Topics;
+
+#[cfg(test)]
+pub(crate) use payload::tests::validator as schema_validator;

@@ -83,12 +83,13 @@ pub fn normalised_box(b: &BBox, width: u32, height: u32) -> [f32; 4] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::readout::{ScoresSource, ValenceArousalSource};
     use std::time::Duration;
 
-    fn validator(name: &str) -> jsonschema::Validator {
+    /// The validator of `schemas/<name>`, formats checked.
+    pub(crate) fn validator(name: &str) -> jsonschema::Validator {
         let path = format!("{}/schemas/{name}", env!("CARGO_MANIFEST_DIR"));
         let schema: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();

@@ -10,6 +10,7 @@ use super::Publisher;
 use super::payload::{
     PERSON_SCHEMA, PersonMessage, TRACK_SCHEMA, TrackEvent, WindowSpan, normalised_box,
 };
+use crate::observe::ResultMetrics;
 use crate::readout::Readout;
 use crate::results::{PersonAffect, ResultSink, TrackSpan};
 use crate::types::rfc3339;
@@ -19,34 +20,48 @@ use crate::types::rfc3339;
 pub struct ResultPublisher {
     publisher: Publisher,
     node: String,
+    metrics: ResultMetrics,
 }
 
 impl ResultPublisher {
-    pub fn new(publisher: Publisher, node: impl Into<String>) -> Self {
+    /// `metrics` counts the person messages handed to MQTT and their latency.
+    pub fn new(publisher: Publisher, node: impl Into<String>, metrics: ResultMetrics) -> Self {
         Self {
             publisher,
             node: node.into(),
+            metrics,
         }
     }
 
-    fn send(&self, suffix: &str, message: &impl serde::Serialize, what: &str) {
+    /// True when the message was queued.
+    fn send(&self, suffix: &str, message: &impl serde::Serialize, what: &str) -> bool {
         let topic = self.publisher.topics().under(suffix);
         match serde_json::to_vec(message) {
-            Ok(payload) => {
-                if let Err(e) = self.publisher.publish(topic, payload) {
+            Ok(payload) => match self.publisher.publish(topic, payload) {
+                Ok(()) => true,
+                Err(e) => {
                     debug!(error = %e, "{what} not queued");
+                    false
                 }
+            },
+            Err(e) => {
+                debug!(error = %e, "{what} not serialisable");
+                false
             }
-            Err(e) => debug!(error = %e, "{what} not serialisable"),
         }
     }
 }
 
 impl ResultSink for ResultPublisher {
     fn person(&self, affect: PersonAffect) {
-        let message = person_message(&self.node, affect, SystemTime::now());
+        let now = SystemTime::now();
+        let (camera, end) = (affect.camera.clone(), affect.end);
+        let message = person_message(&self.node, affect, now);
         let suffix = format!("{}/person/{}", message.camera, message.track_id);
-        self.send(&suffix, &message, "person message");
+        if self.send(&suffix, &message, "person message") {
+            let latency = now.duration_since(end).unwrap_or_default();
+            self.metrics.person_published(&camera, latency);
+        }
     }
 
     fn track(&self, span: TrackSpan) {

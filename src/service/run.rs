@@ -2,8 +2,8 @@
 //! stages live, reload the model on SIGHUP, and shut down in order on SIGTERM.
 //!
 //! Threads own the heavy stages (one per camera in ingest, one for the analytics, one for the
-//! encoder, one for capture; see `stages.rs`); the tokio runtime only runs MQTT, signals and
-//! timers.
+//! encoder, one for capture; see `stages.rs`); the tokio runtime only runs MQTT, HTTP, signals
+//! and timers.
 
 use std::path::Path;
 use std::time::Duration;
@@ -53,7 +53,7 @@ async fn supervise(config: Config, path: &Path) -> anyhow::Result<()> {
     );
     // One token; each stage gets a child and stops in data-flow order at shutdown.
     let stop = CancellationToken::new();
-    let stages = Stages::start(&config, &health, &stop)?;
+    let stages = Stages::start(&config, &health, systemd.watchdog_interval(), &stop)?;
 
     let mut ready = Box::pin(wait_ready(
         stages.statuses.clone(),

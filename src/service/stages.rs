@@ -17,6 +17,7 @@ use crate::detect::Detector;
 use crate::encode::{self, EncoderSender, EncoderStage, Settings, StageOptions, WindowTap};
 use crate::health::Health;
 use crate::ingest::Ingest;
+use crate::observe::{self, CameraSource, LiveTracks, Metrics, Observed, Running, Server, Sources};
 use crate::publish::{self, Publisher, ResultPublisher};
 use crate::results::ResultSink;
 use crate::types::{CameraId, CameraState, CameraStatus};
@@ -24,6 +25,7 @@ use crate::types::{CameraId, CameraState, CameraStatus};
 /// Every stage of a running daemon.
 pub(super) struct Stages {
     pub mqtt: Publisher,
+    http: Option<Server>,
     capture: Option<Capture>,
     encoder: Option<EncoderStage>,
     ingest: Ingest,
@@ -33,21 +35,41 @@ pub(super) struct Stages {
 }
 
 impl Stages {
-    /// Starts MQTT, loads the engines (a bad model file fails here, before any camera
-    /// starts), then capture, the encoder, the cameras and the analytics. Each stage gets its
-    /// own child of `stop`.
+    /// Binds the HTTP port and serves it (a taken one fails here, first; the endpoints say
+    /// "starting" until the end), starts MQTT, loads the engines (a bad model file fails here,
+    /// before any camera starts), then capture, the encoder, the cameras and the analytics,
+    /// and attaches them to HTTP. Each stage gets its own child of `stop`.
+    /// `watchdog` is how often systemd's watchdog is fed, if it asked for one.
     pub fn start(
         config: &Config,
         health: &Health,
+        watchdog: Option<Duration>,
         stop: &CancellationToken,
     ) -> anyhow::Result<Self> {
+        let http = match observe::bind(&config.http)? {
+            Some(listener) => Some(
+                listener
+                    .serve(stop.child_token())
+                    .context("cannot start the HTTP server")?,
+            ),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::new(Running {
+            analytics: config.detect.is_some(),
+            encoder: config.model.is_some(),
+        }));
         let mqtt = publish::start(&config.mqtt, &config.node.id, stop.child_token())
             .context("cannot start MQTT")?;
-        let results: Arc<dyn ResultSink> =
-            Arc::new(ResultPublisher::new(mqtt.clone(), &config.node.id));
+        let publisher =
+            ResultPublisher::new(mqtt.clone(), &config.node.id, metrics.results.clone());
+        // What the trackers can hold at once bounds the live track table.
+        let capacity = config.enabled_cameras().count() * config.track.max_tracks;
+        let tracks = Arc::new(LiveTracks::new(Arc::new(publisher), capacity));
+        let results: Arc<dyn ResultSink> = Arc::clone(&tracks) as _;
         let (encoder, capture) = match &config.model {
             Some(model_cfg) => {
-                let (encoder, capture) = start_encoder(config, model_cfg, &results, health, stop)?;
+                let (encoder, capture) =
+                    start_encoder(config, model_cfg, &results, &metrics, health, stop)?;
                 (Some(encoder), capture)
             }
             None => (None, None),
@@ -59,6 +81,7 @@ impl Stages {
                 window: config.window.clone(),
                 encoder: encoder.as_ref().map(EncoderStage::sender),
                 results,
+                metrics: metrics.analytics.clone(),
             }),
             None => None,
         };
@@ -73,8 +96,26 @@ impl Stages {
             stop.child_token(),
         )
         .context("cannot start the analytics thread")?;
+        if let Some(http) = &http {
+            http.attach(Observed {
+                node: config.node.id.clone(),
+                sources: Sources {
+                    cameras: camera_sources(&ingest),
+                    encoder: encoder.as_ref().map(|e| (e.sender(), e.stats())),
+                    capture: capture.as_ref().map(Capture::stats),
+                    mqtt: mqtt.clone(),
+                    health: health.clone(),
+                },
+                metrics,
+                tracks,
+                model_configured: config.model.is_some(),
+                stage_stall: Duration::from_secs_f64(config.service.stage_stall_s),
+                watchdog,
+            });
+        }
         Ok(Self {
             mqtt,
+            http,
             capture,
             encoder,
             ingest,
@@ -115,9 +156,10 @@ impl Stages {
         )
     }
 
-    /// Stops the stages in data-flow order within `timeout`: the pipelines first (EOS drains
-    /// them), the analytics (ending every track), the encoder (encoding what is queued and
-    /// finishing the tracks), capture, then MQTT is flushed.
+    /// Stops the stages in data-flow order within `timeout`: HTTP first (it observes, nothing
+    /// flows through it), the pipelines (EOS drains them), the analytics (ending every
+    /// track), the encoder (encoding what is queued and finishing the tracks), capture, then
+    /// MQTT is flushed.
     pub async fn shutdown(self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let share = |part: f64| {
@@ -127,6 +169,7 @@ impl Stages {
         };
         let Stages {
             mqtt,
+            http,
             capture,
             encoder,
             ingest,
@@ -134,6 +177,9 @@ impl Stages {
             status_task,
             statuses: _,
         } = self;
+        if let Some(http) = http {
+            http.stop(share(0.1)).await;
+        }
         let budget = share(0.5);
         blocking("ingest", move || ingest.stop(budget)).await?;
         blocking("analytics", move || analytics.stop()).await?;
@@ -152,6 +198,23 @@ impl Stages {
     }
 }
 
+/// Each camera's status channel beside its frame queue.
+fn camera_sources(ingest: &Ingest) -> Vec<CameraSource> {
+    let queues = ingest.hub();
+    ingest
+        .statuses()
+        .into_iter()
+        .filter_map(|(id, status)| {
+            let (_, queue) = queues.queues().iter().find(|(q, _)| *q == id)?;
+            Some(CameraSource {
+                queue: Arc::clone(queue),
+                id,
+                status,
+            })
+        })
+        .collect()
+}
+
 async fn blocking(stage: &str, f: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(f)
         .await
@@ -164,6 +227,7 @@ fn start_encoder(
     config: &Config,
     model_cfg: &encode::ModelConfig,
     results: &Arc<dyn ResultSink>,
+    metrics: &Metrics,
     health: &Health,
     stop: &CancellationToken,
 ) -> anyhow::Result<(EncoderStage, Option<Capture>)> {
@@ -197,6 +261,7 @@ fn start_encoder(
         settings: settings(config, model_cfg),
         queue: model_cfg.queue,
         max_per_camera: config.window.max_tracks,
+        metrics: metrics.encoder.clone(),
     };
     let tap = capture
         .as_ref()
