@@ -241,28 +241,19 @@ fn a_reload_under_overload_is_applied_or_refused_never_both() {
     };
     std::thread::sleep(Duration::from_millis(300));
     // Taken at once: control never waits behind the samples.
+    let reloaded = Settings {
+        max_batch: 2,
+        ema_alpha: 0.5,
+        include_embedding: false,
+    };
     let applied = sender
-        .swap(
-            loaded("second", Some(7)),
-            Settings {
-                max_batch: 2,
-                ema_alpha: 0.5,
-                include_embedding: false,
-            },
-        )
+        .swap(loaded("second", Some(7)), reloaded.clone())
         .wait(Duration::from_secs(20));
     assert_eq!(applied.as_ref().map(|id| id.name.as_str()), Ok("second"));
     // A reload that gives up at once: either the encoder took it first (and says so) or
     // it is never applied.
     let quick = sender
-        .swap(
-            loaded("third", Some(9)),
-            Settings {
-                max_batch: 2,
-                ema_alpha: 0.5,
-                include_embedding: false,
-            },
-        )
+        .swap(loaded("third", Some(9)), reloaded)
         .wait(Duration::ZERO);
     feeder.join().unwrap();
     let sink = Arc::clone(&run.sink);
