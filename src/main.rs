@@ -43,6 +43,10 @@ enum Train {
     /// Distil a smaller, faster student encoder from the full EmotionCLIP (the teacher) on
     /// captured windows; write it for `[model] weights`/`config`, with a report.
     Distill(Box<affectd::train::distill::DistillArgs>),
+    /// Fine-tune the served encoder on captured windows paired with text (clip: InfoNCE,
+    /// snce: EmotionCLIP's sentiment-guided loss, pacl: partitioned adaptive contrastive
+    /// learning); write it for `[model] weights`/`config`, with a report.
+    Adapt(Box<affectd::train::adapt::AdaptArgs>),
 }
 
 #[derive(clap::Args)]
@@ -94,6 +98,12 @@ fn main() -> ExitCode {
         } => affectd::train::distill::run(args).map_err(|e| match e {
             affectd::train::distill::DistillError::Usage(e) => Failure::Usage(e),
             affectd::train::distill::DistillError::Runtime(e) => Failure::Runtime(e),
+        }),
+        Command::Train {
+            what: Train::Adapt(args),
+        } => affectd::train::adapt::run(args).map_err(|e| match e {
+            affectd::train::adapt::AdaptError::Usage(e) => Failure::Usage(e),
+            affectd::train::adapt::AdaptError::Runtime(e) => Failure::Runtime(e),
         }),
         Command::Train {
             what: Train::Heads(args),

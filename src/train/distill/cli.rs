@@ -5,17 +5,14 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use tracing::info;
 
-use super::data::WindowSource;
+use super::Teacher;
 use super::loss::LossWeights;
-use super::optim::{AdamWConfig, Schedule};
 use super::report::Report;
 use super::run::{Outcome, Paths, Run};
 use super::settings::Settings;
-use super::teacher::Teacher;
-use crate::capture::{Dataset, SampleMeta};
-use crate::encode::{ModelConfig, ModelDevice};
-use crate::model::preprocess::EncoderCrop;
-use crate::readout::ReadoutConfig;
+use crate::train::data::{CapturedWindows, WindowSource};
+use crate::train::optim::{AdamWConfig, Schedule};
+use crate::train::served::{DeviceArg, ModelSource};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DistillArgs {
@@ -96,85 +93,10 @@ pub struct DistillArgs {
     pub device: Option<DeviceArg>,
 }
 
-#[derive(clap::ValueEnum, Debug, Clone, Copy)]
-pub enum DeviceArg {
-    Cpu,
-    Cuda,
-}
-
-/// A capture dataset as training windows.
-pub struct CapturedWindows {
-    dataset: Dataset,
-}
-
-impl CapturedWindows {
-    pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        Ok(Self {
-            dataset: Dataset::open(dir)?,
-        })
-    }
-
-    fn sample(&self, i: usize) -> &SampleMeta {
-        &self.dataset.samples()[i]
-    }
-}
-
-impl WindowSource for CapturedWindows {
-    fn len(&self) -> usize {
-        self.dataset.samples().len()
-    }
-
-    fn id(&self, i: usize) -> &str {
-        &self.sample(i).id
-    }
-
-    fn group(&self, i: usize) -> String {
-        let s = self.sample(i);
-        format!("{}/{}", s.camera, s.track_id)
-    }
-
-    fn load(&self, i: usize) -> anyhow::Result<Vec<EncoderCrop>> {
-        Ok(self.dataset.load(self.sample(i))?)
-    }
-}
-
 /// Why the command failed: usage problems exit 2, the rest 1.
 pub enum DistillError {
     Usage(anyhow::Error),
     Runtime(anyhow::Error),
-}
-
-/// The teacher's `[model]` and `[readout]`: from `--config`, with the command-line overrides.
-fn teacher_config(args: &DistillArgs) -> anyhow::Result<(ModelConfig, ReadoutConfig)> {
-    let (mut model, readout) = match &args.config {
-        Some(path) => {
-            let config = crate::config::Config::load(path)?;
-            let Some(model) = config.model.clone() else {
-                anyhow::bail!(
-                    "{}: no [model] section to take the teacher from",
-                    path.display()
-                )
-            };
-            (model, config.readout.clone())
-        }
-        None => (toml::from_str::<ModelConfig>("")?, ReadoutConfig::default()),
-    };
-    if let Some(w) = &args.teacher {
-        model.weights = Some(w.clone());
-        model.allow_untrained = false;
-    }
-    if let Some(c) = &args.teacher_config {
-        model.config = Some(c.clone());
-    }
-    if model.weights.is_none() && !model.allow_untrained {
-        anyhow::bail!("no teacher: pass --teacher (or --config naming [model] weights)")
-    }
-    if let Some(w) = model.weights_to_load()
-        && !w.is_file()
-    {
-        anyhow::bail!("--teacher {}: no such file", w.display())
-    }
-    Ok((model, readout))
 }
 
 fn settings(args: &DistillArgs) -> Settings {
@@ -182,16 +104,8 @@ fn settings(args: &DistillArgs) -> Settings {
         student: args.student.clone(),
         steps: args.steps,
         batch: args.batch,
-        schedule: Schedule {
-            peak: args.lr,
-            warmup: args.warmup.min(args.steps),
-            total: args.steps,
-            floor: args.lr_floor,
-        },
-        adamw: AdamWConfig {
-            weight_decay: args.weight_decay,
-            ..AdamWConfig::default()
-        },
+        schedule: Schedule::new(args.lr, args.warmup, args.steps, args.lr_floor),
+        adamw: AdamWConfig::with_weight_decay(args.weight_decay),
         loss: LossWeights {
             cosine: args.w_cosine,
             feature: args.w_feature,
@@ -208,17 +122,16 @@ fn settings(args: &DistillArgs) -> Settings {
 /// `affectd train distill`.
 pub fn run(args: &DistillArgs) -> Result<(), DistillError> {
     use DistillError::{Runtime, Usage};
-    let (mut model_cfg, readout_cfg) = teacher_config(args).map_err(Usage)?;
-    match args.device {
-        Some(DeviceArg::Cuda) => model_cfg.device = ModelDevice::Cuda,
-        Some(DeviceArg::Cpu) => model_cfg.device = ModelDevice::Cpu,
-        None => {}
+    let (model_cfg, readout_cfg) = ModelSource {
+        config: args.config.as_deref(),
+        weights: args.teacher.as_deref(),
+        hparams: args.teacher_config.as_deref(),
+        device: args.device,
+        role: "teacher",
+        weights_flag: "--teacher",
     }
-    if model_cfg.device == ModelDevice::Cuda && !cfg!(feature = "cuda") {
-        return Err(Usage(anyhow::anyhow!(
-            "device cuda: this build has no CUDA (cargo feature `cuda`)"
-        )));
-    }
+    .resolve()
+    .map_err(Usage)?;
     let source = CapturedWindows::open(&args.data)
         .with_context(|| format!("--data {}", args.data.display()))
         .map_err(Usage)?;
@@ -264,20 +177,10 @@ fn check_windows(
     source: &CapturedWindows,
     teacher: &Teacher,
 ) -> anyhow::Result<()> {
-    let manifest = source.dataset.manifest();
     let tc = teacher.model.config();
-    if manifest.image_size != tc.vision_cfg.image_size
-        || manifest.video_len != tc.temporal.video_len
-    {
-        anyhow::bail!(
-            "--data {}: windows of {} px x {} frames, the teacher takes {} px x {}",
-            args.data.display(),
-            manifest.image_size,
-            manifest.video_len,
-            tc.vision_cfg.image_size,
-            tc.temporal.video_len
-        );
-    }
+    source
+        .check_fits(tc, "the teacher")
+        .with_context(|| format!("--data {}", args.data.display()))?;
     super::student::student_config(tc, &args.student)?;
     Ok(())
 }
@@ -288,13 +191,13 @@ fn print_summary(report: &Report, out: &Path) {
     println!("config       {}", out.join("config.json").display());
     println!(
         "held-out     {} windows: top-1 agreement {:.3} (untrained {:.3}), cosine {:.3} (untrained {:.3}), valence/arousal MAE {:.3}/{:.3}",
-        f.windows,
-        f.top1_agreement,
-        i.top1_agreement,
-        f.embedding_cosine,
-        i.embedding_cosine,
-        f.valence_mae,
-        f.arousal_mae
+        f.with_teacher.windows,
+        f.with_teacher.top1_agreement,
+        i.with_teacher.top1_agreement,
+        f.with_teacher.embedding_cosine,
+        i.with_teacher.embedding_cosine,
+        f.with_teacher.valence_mae,
+        f.with_teacher.arousal_mae
     );
     println!(
         "speed        {:.1} -> {:.1} frames/s ({:.2}x) at batch {}",

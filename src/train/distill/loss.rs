@@ -7,11 +7,12 @@
 //! The zero-shot distribution is the read-out's: softmax over the configured emotion classes
 //! of `logit_scale * cos(video, class text embedding)`, with the teacher's text embeddings.
 
-use candle_core::{D, Device, Result, Tensor};
+use candle_core::{D, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::model::l2_normalize;
 use crate::readout::Readout;
+use crate::train::zero_shot::{self, ZeroShot};
 
 /// Weights of the three terms and the softening temperature.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -40,28 +41,6 @@ pub struct LossParts {
     pub cosine: f32,
     pub feature: f32,
     pub kl: f32,
-}
-
-/// The read-out's zero-shot classifier as tensors.
-pub struct ZeroShot {
-    /// [K, E], L2-normalised.
-    classes: Tensor,
-    scale: f64,
-}
-
-impl ZeroShot {
-    pub fn new(readout: &Readout, device: &Device) -> Result<Self> {
-        let (rows, dim, scale) = readout.class_embeddings();
-        Ok(Self {
-            classes: Tensor::from_slice(rows, (rows.len() / dim, dim), device)?,
-            scale: f64::from(scale),
-        })
-    }
-
-    /// Logits [B, K] of video embeddings [B, E].
-    pub fn logits(&self, video: &Tensor) -> Result<Tensor> {
-        l2_normalize(video)?.matmul(&self.classes.t()?)? * self.scale
-    }
 }
 
 /// The objective for a batch: student and teacher video embeddings [B, E] and frame hints
@@ -98,28 +77,19 @@ pub fn distillation_loss(
     Ok((total, parts))
 }
 
-/// How closely a student follows the teacher on held-out windows.
+/// How closely a student follows the teacher on held-out windows, and its loss there.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct Agreement {
-    /// Mean cosine similarity of the video embeddings.
-    pub embedding_cosine: f32,
-    /// Fraction of windows whose top zero-shot emotion is the teacher's.
-    pub top1_agreement: f32,
-    /// Mean absolute difference of the read-out's valence and of its arousal.
-    pub valence_mae: f32,
-    pub arousal_mae: f32,
+    #[serde(flatten)]
+    pub with_teacher: zero_shot::Agreement,
     /// The distillation loss on the held-out windows.
     pub loss: LossParts,
-    pub windows: usize,
 }
 
 /// Accumulates `Agreement` over batches.
 #[derive(Default)]
 pub struct AgreementSum {
-    cosine: f64,
-    top1: usize,
-    valence: f64,
-    arousal: f64,
+    with_teacher: zero_shot::AgreementSum,
     loss: [f64; 4],
     n: usize,
 }
@@ -134,13 +104,7 @@ impl AgreementSum {
         loss: LossParts,
     ) {
         let b = student.len();
-        for (s, t) in student.iter().zip(teacher) {
-            let (rs, rt) = (readout.read(s), readout.read(t));
-            self.top1 += usize::from(Readout::top(&rs) == Readout::top(&rt));
-            self.valence += f64::from((rs.valence - rt.valence).abs());
-            self.arousal += f64::from((rs.arousal - rt.arousal).abs());
-            self.cosine += f64::from(cosine(s, t));
-        }
+        self.with_teacher.add(readout, student, teacher);
         for (acc, v) in self
             .loss
             .iter_mut()
@@ -155,40 +119,32 @@ impl AgreementSum {
         let n = self.n.max(1) as f64;
         let l = |i: usize| (self.loss[i] / n) as f32;
         Agreement {
-            embedding_cosine: (self.cosine / n) as f32,
-            top1_agreement: (self.top1 as f64 / n) as f32,
-            valence_mae: (self.valence / n) as f32,
-            arousal_mae: (self.arousal / n) as f32,
+            with_teacher: self.with_teacher.finish(),
             loss: LossParts {
                 total: l(0),
                 cosine: l(1),
                 feature: l(2),
                 kl: l(3),
             },
-            windows: self.n,
         }
     }
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>();
-    dot(a, b) / (dot(a, a).sqrt() * dot(b, b).sqrt()).max(1e-12)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn identical_outputs_cost_nothing_and_different_ones_do() -> Result<()> {
         let dev = Device::Cpu;
-        let zs = ZeroShot {
-            classes: l2_normalize(&Tensor::new(
+        let zs = ZeroShot::from_classes(
+            l2_normalize(&Tensor::new(
                 &[[1f32, 0., 0.], [0., 1., 0.], [0., 0., 1.]],
                 &dev,
             )?)?,
-            scale: 10.0,
-        };
+            10.0,
+        );
         let v = Tensor::new(&[[1f32, 0.2, -0.3], [0.1, -1.0, 0.4]], &dev)?;
         let h = Tensor::new(
             &[[[0.5f32, 1.0], [2.0, -1.0]], [[0.0, 0.1], [0.2, 0.3]]],

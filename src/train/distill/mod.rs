@@ -9,21 +9,18 @@
 
 mod checkpoint;
 pub mod cli;
-pub mod data;
 pub mod loss;
-pub mod optim;
-mod plot;
 pub mod report;
 mod run;
 mod settings;
 pub mod student;
-pub mod teacher;
 mod trainer;
 
+pub use crate::train::data::WindowSource;
+/// The teacher is the model the daemon serves.
+pub use crate::train::served::Served as Teacher;
 pub use checkpoint::{EvalRecord, RunState, StepRecord};
 pub use cli::{DistillArgs, DistillError, run};
-pub use data::WindowSource;
 pub use report::Report;
 pub use run::{Outcome, Paths, Run};
 pub use settings::Settings;
-pub use teacher::Teacher;

@@ -9,23 +9,25 @@
 //! The student and config are written under temporary names and renamed into place, so a
 //! daemon reloading from this folder never reads a half-written file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{EvalRecord, RunState, StepRecord, write_json};
-use super::data::WindowSource;
+use super::Teacher;
+use super::checkpoint::{EvalRecord, RunState, StepRecord};
 use super::loss::Agreement;
-use super::plot::{self, Panel, Series};
 use super::settings::Settings;
-use super::student::Student;
-use super::teacher::{Teacher, stack_windows};
+use super::student::{self, Student};
 use crate::model::preprocess::EncoderCrop;
 use crate::model::{EmotionClip, EmotionClipConfig};
 use crate::train::atomic::write_atomic;
+use crate::train::cache::stack_windows;
+use crate::train::checkpoint::write_json;
+use crate::train::data::WindowSource;
+use crate::train::params::export_servable;
+use crate::train::plot::{self, Panel, Series};
 
 /// Frame-encoder throughput of the teacher and the student on the same frames.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -141,29 +143,20 @@ pub(crate) struct RunEnd<'a> {
 
 /// Exports the student, measures it against the teacher and writes the report.
 pub(crate) fn finish(end: &RunEnd) -> anyhow::Result<Report> {
-    let (weights, served) = export(end.out, end.student, end.student_cfg, end.teacher)?;
+    let (weights, served) = export_servable(
+        end.out,
+        "student.safetensors",
+        &end.student.params,
+        student::is_model,
+        end.student_cfg,
+        end.teacher.model.device(),
+    )?;
     let window = end.val.first().or(end.train.first()).copied().unwrap_or(0);
     let speed = measure_speed(&end.teacher.model, &served, end.source.load(window)?)?;
     let report = compose(end, &weights, speed)?;
     write_json(&end.out.join("report.json"), &report)?;
     write_atomic(&end.out.join("report.png"), |tmp| plot_report(tmp, &report))?;
     Ok(report)
-}
-
-/// Writes `student.safetensors` and `config.json` into `out`, and loads them back as the
-/// daemon will (proving they serve): the weights path and the served model.
-fn export(
-    out: &Path,
-    student: &Student,
-    cfg: &EmotionClipConfig,
-    teacher: &Teacher,
-) -> anyhow::Result<(PathBuf, EmotionClip)> {
-    let weights = out.join("student.safetensors");
-    write_atomic(&weights, |tmp| Ok(student.params.export(tmp)?))?;
-    write_json(&out.join("config.json"), cfg)?;
-    let served = EmotionClip::load(&weights, cfg, teacher.model.device())
-        .with_context(|| format!("re-loading the exported {}", weights.display()))?;
-    Ok((weights, served))
 }
 
 /// Frame-encoder throughput of the teacher and the `served` student on the frames of
@@ -228,16 +221,7 @@ fn compose(end: &RunEnd, weights: &Path, speed: Speed) -> anyhow::Result<Report>
 
 /// Loss curves (train, and held-out at each evaluation) and held-out agreement curves.
 fn plot_report(path: &Path, report: &Report) -> anyhow::Result<()> {
-    // A running mean over ~2% of the run keeps the train curve readable.
-    let k = (report.history.len() / 50).max(1);
-    let train: Vec<(f64, f64)> = report
-        .history
-        .chunks(k)
-        .map(|c| {
-            let mean = c.iter().map(|r| f64::from(r.loss.total)).sum::<f64>() / c.len() as f64;
-            ((c[c.len() - 1].step + 1) as f64, mean)
-        })
-        .collect();
+    let train = report.history.iter().map(|r| (r.step, r.loss.total));
     let eval = |f: fn(&Agreement) -> f32| -> Vec<(f64, f64)> {
         report
             .evals
@@ -249,11 +233,7 @@ fn plot_report(path: &Path, report: &Report) -> anyhow::Result<()> {
         Panel {
             title: "loss",
             series: vec![
-                Series {
-                    label: "train",
-                    colour: [214, 39, 40],
-                    points: train,
-                },
+                Series::train_loss(train),
                 Series {
                     label: "held-out",
                     colour: [31, 119, 180],
@@ -262,22 +242,11 @@ fn plot_report(path: &Path, report: &Report) -> anyhow::Result<()> {
             ],
             y_range: None,
         },
-        Panel {
-            title: "held-out agreement",
-            series: vec![
-                Series {
-                    label: "top-1",
-                    colour: [44, 160, 44],
-                    points: eval(|a| a.top1_agreement),
-                },
-                Series {
-                    label: "cosine",
-                    colour: [148, 103, 189],
-                    points: eval(|a| a.embedding_cosine),
-                },
-            ],
-            y_range: Some((0.0, 1.0)),
-        },
+        Panel::agreement(
+            "held-out agreement",
+            eval(|a| a.with_teacher.top1_agreement),
+            eval(|a| a.with_teacher.embedding_cosine),
+        ),
     ];
     plot::save(path, &panels, report.steps as f64)?;
     Ok(())

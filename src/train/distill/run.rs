@@ -7,34 +7,25 @@
 //! the optimiser moments and the curves; the data order is a function of the step, so
 //! `--resume` continues bit for bit.
 
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
-use tracing::{info, warn};
+use tracing::info;
 
-use super::checkpoint::{self, EvalRecord, RunState};
-use super::data::{Subset, WindowSource, split};
+use super::Teacher;
+use super::checkpoint::{EvalRecord, RunState, StepRecord};
 use super::report::{self, Report};
 use super::settings::Settings;
 use super::student::student_config;
-use super::teacher::{Targets, Teacher, TeacherCache};
 use super::trainer::Trainer;
+use crate::train::cache::{OutputCache, Targets};
+use crate::train::checkpoint;
+use crate::train::data::{Subset, WindowSource, split};
+pub use crate::train::session::Paths;
+use crate::train::session::{self, Cadence, Learner};
 
-/// How a run ended.
-pub enum Outcome {
-    /// All steps done: the student and its report are in the output folder.
-    Finished(Box<Report>),
-    /// `--stop-after` reached: a checkpoint is saved for `--resume`.
-    Stopped { step: usize },
-}
-
-/// Where a run writes.
-pub struct Paths {
-    pub out: PathBuf,
-    pub cache: PathBuf,
-}
+/// How a distillation ended.
+pub type Outcome = session::Outcome<Report>;
 
 /// A run of distillation.
 pub struct Run<'a> {
@@ -53,11 +44,8 @@ impl Run<'_> {
     /// Runs (or resumes) the distillation. A resumed run learns from the windows it started
     /// with (newer captures wait for the next run) as long as they are all still there.
     pub fn execute(&self) -> anyhow::Result<Outcome> {
-        let prior = checkpoint::read_state(&self.paths.out, self.resume)?;
-        let view = prior
-            .as_ref()
-            .and_then(|p| Subset::of(self.source, &p.windows))
-            .unwrap_or_else(|| Subset::all(self.source));
+        let prior: Option<RunState> = checkpoint::read_state(&self.paths.out, self.resume)?;
+        let view = Subset::keeping(self.source, prior.as_ref().map(|p| p.windows.as_slice()));
         let run = Run {
             settings: self.settings.clone(),
             teacher: self.teacher,
@@ -87,10 +75,22 @@ impl Run<'_> {
             targets,
         )?;
         let mut state = self.start(&mut trainer, prior, &val)?;
-        self.train(&mut trainer, &mut state, &train, &val)?;
-        if state.step < self.settings.steps {
-            info!(step = state.step, "stopped; --resume continues");
-            return Ok(Outcome::Stopped { step: state.step });
+        let cadence = Cadence {
+            steps: self.settings.steps,
+            batch: self.settings.batch,
+            eval_every: self.settings.eval_every,
+            checkpoint_every: self.settings.checkpoint_every,
+            stop_after: self.stop_after,
+        };
+        let bar = session::bar(self.progress, self.settings.steps as u64, "distill");
+        let mut learner = Distilling {
+            trainer: &mut trainer,
+            train: &train,
+            val: &val,
+        };
+        if let Some(step) = session::run(&mut learner, &mut state, &cadence, &self.paths.out, &bar)?
+        {
+            return Ok(Outcome::Stopped { step });
         }
         let report = report::finish(&report::RunEnd {
             out: &self.paths.out,
@@ -137,20 +137,13 @@ impl Run<'_> {
 
     /// The teacher's targets of every window, from the cache or computed once.
     fn teacher_targets(&self) -> anyhow::Result<Vec<Targets>> {
-        let cache = TeacherCache::open(&self.paths.cache, &self.teacher.cache_key()?)?;
-        let bar = self.bar(self.source.len() as u64, "teacher");
-        let started = Instant::now();
-        let targets =
-            cache.targets(&self.teacher.model, self.source, self.settings.batch, |n| {
-                bar.inc(n as u64)
-            })?;
-        bar.finish_and_clear();
-        info!(
-            windows = targets.len(),
-            seconds = started.elapsed().as_secs_f32(),
-            "teacher targets ready"
-        );
-        Ok(targets)
+        let name = format!("teacher-{}", self.teacher.cache_key()?);
+        OutputCache::open(&self.paths.cache, &name)?.all(
+            &self.teacher.model,
+            self.source,
+            self.settings.batch,
+            self.progress,
+        )
     }
 
     /// Where training starts: the checkpoint `prior` when it is of this run, else step 0
@@ -161,101 +154,69 @@ impl Run<'_> {
         prior: Option<RunState>,
         val: &[usize],
     ) -> anyhow::Result<RunState> {
-        let fingerprint = checkpoint::fingerprint(&self.settings, self.teacher, self.source);
-        if let Some(prior) = prior {
-            if let Some(state) = trainer.restore(&self.paths.out, prior, &fingerprint)? {
-                info!(step = state.step, "resumed from checkpoint");
-                return Ok(state);
-            }
-            warn!(
-                "the checkpoint in {} is of another run (settings, teacher or data \
-                 changed); starting over",
-                self.paths.out.display()
-            );
+        let fingerprint = super::checkpoint::fingerprint(&self.settings, self.teacher, self.source);
+        let (out, params) = (&self.paths.out, &trainer.student.params);
+        if let Some(state) = checkpoint::resume(out, params, &mut trainer.opt, prior, &fingerprint)?
+        {
+            return Ok(state);
         }
         let initial = trainer.evaluate(val)?;
         info!(?initial, "untrained student");
+        let initial = EvalRecord {
+            step: 0,
+            agreement: initial,
+        };
         Ok(RunState::fresh(fingerprint, initial, self.source))
     }
+}
 
-    /// Steps until the end of the run or `--stop-after`, evaluating every `eval_every` steps
-    /// and saving a checkpoint every `checkpoint_every` steps and where it stops.
-    fn train(
-        &self,
-        trainer: &mut Trainer,
-        state: &mut RunState,
-        train: &[usize],
-        val: &[usize],
-    ) -> anyhow::Result<()> {
-        let settings = &self.settings;
-        let bar = self.bar(settings.steps as u64, "distill");
-        bar.set_position(state.step as u64);
-        let mut stop_at = settings.steps;
-        if let Some(n) = self.stop_after {
-            stop_at = stop_at.min(state.step + n);
-        }
-        while state.step < stop_at {
-            let started = Instant::now();
-            let record = trainer.step(train, state.step)?;
-            state.train_seconds += started.elapsed().as_secs_f64();
-            state.history.push(record);
-            state.step += 1;
-            let rate =
-                (state.history.len() * settings.batch) as f64 / state.train_seconds.max(1e-9);
-            bar.set_message(format!(
-                "loss {:.4}  {rate:.1} windows/s",
-                record.loss.total
-            ));
-            bar.inc(1);
+/// The distillation as the step loop sees it.
+struct Distilling<'t, 'a> {
+    trainer: &'t mut Trainer<'a>,
+    train: &'t [usize],
+    val: &'t [usize],
+}
 
-            if state.step.is_multiple_of(settings.eval_every.max(1)) || state.step == settings.steps
-            {
-                let agreement = trainer.evaluate(val)?;
-                bar.suspend(|| {
-                    info!(
-                        step = state.step,
-                        loss = record.loss.total,
-                        held_out_cosine = agreement.embedding_cosine,
-                        held_out_top1 = agreement.top1_agreement,
-                        "held-out agreement"
-                    )
-                });
-                state.evals.push(EvalRecord {
-                    step: state.step,
-                    agreement,
-                });
-            }
-            if state.step.is_multiple_of(settings.checkpoint_every.max(1)) || state.step == stop_at
-            {
-                trainer.save(&self.paths.out, state)?;
-            }
-        }
-        bar.finish_and_clear();
-        Ok(())
+impl Learner for Distilling<'_, '_> {
+    type Step = StepRecord;
+    type Eval = EvalRecord;
+
+    fn step(&mut self, step: usize) -> anyhow::Result<StepRecord> {
+        self.trainer.step(self.train, step)
     }
 
-    fn bar(&self, len: u64, what: &str) -> ProgressBar {
-        if !self.progress {
-            return ProgressBar::hidden();
-        }
-        let bar = ProgressBar::new(len);
-        let style = ProgressStyle::with_template(&format!(
-            "{what:>8} [{{bar:30}}] {{pos}}/{{len}} {{msg}} ({{elapsed}}, eta {{eta}})"
-        ))
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-        bar.set_style(style.progress_chars("=> "));
-        bar
+    fn evaluate(&self, step: usize) -> anyhow::Result<EvalRecord> {
+        Ok(EvalRecord {
+            step,
+            agreement: self.trainer.evaluate(self.val)?,
+        })
+    }
+
+    fn save(&self, out: &Path, state: &RunState) -> anyhow::Result<()> {
+        checkpoint::save(out, &self.trainer.student.params, &self.trainer.opt, state)
+    }
+
+    fn loss(step: &StepRecord) -> f32 {
+        step.loss.total
+    }
+
+    fn log(step: usize, loss: f32, eval: &EvalRecord) {
+        info!(
+            step,
+            loss,
+            held_out_cosine = eval.agreement.with_teacher.embedding_cosine,
+            held_out_top1 = eval.agreement.with_teacher.top1_agreement,
+            "held-out agreement"
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
     use crate::model::preprocess::EncoderCrop;
     use crate::train::distill::loss::LossWeights;
-    use crate::train::distill::optim::{AdamWConfig, Schedule};
+    use crate::train::optim::{AdamWConfig, Schedule};
 
     /// Windows of moving textured squares: 5 tracks of 3 windows.
     struct Synthetic {
@@ -370,7 +331,8 @@ mod tests {
             / 5.0;
         assert!(last < first / 2.0, "loss {first} -> {last}");
         assert!(
-            report.result.embedding_cosine > report.initial.embedding_cosine,
+            report.result.with_teacher.embedding_cosine
+                > report.initial.with_teacher.embedding_cosine,
             "{:?} -> {:?}",
             report.initial,
             report.result

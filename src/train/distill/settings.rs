@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::loss::LossWeights;
-use super::optim::{AdamWConfig, Schedule};
+use crate::train::optim::{AdamWConfig, Schedule};
 
 /// Everything that decides the result of a run (recorded in checkpoints and the report; a
 /// checkpoint resumes only under the same settings).

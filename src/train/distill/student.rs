@@ -12,14 +12,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use candle_core::{DType, Device, Result, Shape, Tensor, Var, bail};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder};
+use candle_core::{Device, Result, Tensor};
+use candle_nn::Init;
 
-use crate::model::weights::seeded_tensor;
 use crate::model::{EmotionClip, EmotionClipConfig};
+use crate::train::params::{self, Layout, Params};
 
 /// The named student shapes.
 pub const PRESETS: [&str; 2] = ["vitb32-l6", "vits32"];
@@ -111,108 +110,25 @@ pub fn is_frozen(name: &str) -> bool {
 /// Parameters of a run besides the model's own (the feature-hint projection).
 pub const DISTILL_PREFIX: &str = "distill.";
 
-/// The student's tensors by name: trainable ones as `Var`s, frozen ones shared with the
-/// teacher.
-#[derive(Default)]
-pub struct Params {
-    pub trainable: BTreeMap<String, Var>,
-    pub frozen: BTreeMap<String, Tensor>,
+/// Whether `name` is a tensor of the exported student (not of the run's own).
+pub fn is_model(name: &str) -> bool {
+    !name.starts_with(DISTILL_PREFIX)
 }
 
-impl Params {
-    /// Trainable parameters in name order (the optimiser's order).
-    pub fn vars(&self) -> Vec<(String, Var)> {
-        self.trainable
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
-    /// Number of trainable scalars.
-    pub fn trainable_count(&self) -> usize {
-        self.trainable.values().map(|v| v.elem_count()).sum()
-    }
-
-    /// Trainable tensors by name (for checkpoints).
-    pub fn trainable_tensors(&self) -> BTreeMap<String, Tensor> {
-        self.trainable
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect()
-    }
-
-    /// Overwrites every trainable tensor with the one of the same name in `tensors`.
-    pub fn restore(&self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-        for (name, var) in &self.trainable {
-            let Some(t) = tensors.get(name) else {
-                bail!("checkpoint lacks {name}")
-            };
-            var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
-        }
-        Ok(())
-    }
-
-    /// The student as a standalone EmotionCLIP checkpoint: every model tensor, frozen ones
-    /// included, none of the run's own.
-    pub fn export(&self, path: &Path) -> Result<()> {
-        let mut all: BTreeMap<String, Tensor> = self
-            .trainable
-            .iter()
-            .filter(|(k, _)| !k.starts_with(DISTILL_PREFIX))
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
-        all.extend(self.frozen.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let all: Vec<(String, Tensor)> = all.into_iter().collect();
-        candle_core::safetensors::save(&all.into_iter().collect(), path)
-    }
+/// Student tensors start from the teacher's of the mapped name; the text tower and the
+/// similarity scale are shared.
+struct StudentLayout {
+    student: EmotionClipConfig,
+    teacher: EmotionClipConfig,
 }
 
-/// Hands out the student's tensors while the model is built, creating each on first request.
-struct InitBackend {
-    teacher: Arc<BTreeMap<String, Tensor>>,
-    student_cfg: EmotionClipConfig,
-    teacher_cfg: EmotionClipConfig,
-    seed: u64,
-    params: Arc<Mutex<Params>>,
-}
-
-impl SimpleBackend for InitBackend {
-    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let mut params = self.params.lock().expect("params lock");
-        if let Some(v) = params.trainable.get(name) {
-            return Ok(v.as_tensor().clone());
-        }
-        if let Some(t) = params.frozen.get(name) {
-            return Ok(t.clone());
-        }
-        let source = self
-            .teacher
-            .get(&teacher_name(name, &self.student_cfg, &self.teacher_cfg))
-            .filter(|t| t.shape() == &s);
-        if is_frozen(name) {
-            let Some(t) = source else {
-                bail!("the teacher has no {name} of shape {s:?} to share")
-            };
-            params.frozen.insert(name.to_owned(), t.clone());
-            return Ok(t.clone());
-        }
-        // A copy: the student's updates must never write into the teacher's storage.
-        let init = match source {
-            Some(t) => t.to_dtype(dtype)?.to_device(dev)?.copy()?,
-            None => seeded_tensor(self.seed, name, &s, h, dtype, dev)?,
-        };
-        let var = Var::from_tensor(&init)?;
-        let t = var.as_tensor().clone();
-        params.trainable.insert(name.to_owned(), var);
-        Ok(t)
+impl Layout for StudentLayout {
+    fn source_name(&self, name: &str) -> String {
+        teacher_name(name, &self.student, &self.teacher)
     }
 
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> Result<Tensor> {
-        bail!("student parameter {name} requested without a shape")
-    }
-
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
+    fn is_frozen(&self, name: &str) -> bool {
+        is_frozen(name)
     }
 }
 
@@ -235,31 +151,28 @@ impl Student {
         seed: u64,
         device: &Device,
     ) -> Result<Self> {
-        let params = Arc::new(Mutex::new(Params::default()));
-        let backend = InitBackend {
-            teacher,
-            student_cfg: cfg.clone(),
-            teacher_cfg: teacher_cfg.clone(),
-            seed,
-            params: Arc::clone(&params),
+        let layout = StudentLayout {
+            student: cfg.clone(),
+            teacher: teacher_cfg.clone(),
         };
-        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
-        let model = EmotionClip::new(vb.clone(), cfg)?;
         let (sw, tw) = (cfg.vision_cfg.width, teacher_cfg.vision_cfg.width);
-        let hint_proj = (sw != tw)
-            .then(|| {
-                vb.pp("distill").get_with_hints(
-                    (sw, tw),
-                    "hint_proj",
-                    Init::Randn {
-                        mean: 0.,
-                        stdev: (sw as f64).powf(-0.5),
-                    },
-                )
-            })
-            .transpose()?;
-        drop(vb);
-        let params = std::mem::take(&mut *params.lock().expect("params lock"));
+        let ((model, hint_proj), params) =
+            params::build(teacher, Box::new(layout), seed, device, |vb| {
+                let model = EmotionClip::new(vb.clone(), cfg)?;
+                let hint_proj = (sw != tw)
+                    .then(|| {
+                        vb.pp("distill").get_with_hints(
+                            (sw, tw),
+                            "hint_proj",
+                            Init::Randn {
+                                mean: 0.,
+                                stdev: (sw as f64).powf(-0.5),
+                            },
+                        )
+                    })
+                    .transpose()?;
+                Ok((model, hint_proj))
+            })?;
         Ok(Self {
             model,
             hint_proj,

@@ -3,23 +3,25 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use candle_core::{DType, Tensor};
 
-use super::checkpoint::{self, RunState, StepRecord};
-use super::data::{WindowSource, batch_indices};
-use super::loss::{Agreement, AgreementSum, LossParts, ZeroShot, distillation_loss};
-use super::optim::AdamW;
+use super::Teacher;
+use super::checkpoint::StepRecord;
+use super::loss::{Agreement, AgreementSum, LossParts, distillation_loss};
 use super::settings::Settings;
 use super::student::Student;
-use super::teacher::{Targets, Teacher};
 use crate::model::EmotionClipConfig;
 use crate::model::preprocess::EncoderCrop;
+use crate::train::cache::{Targets, video_and_hint};
+use crate::train::data::{WindowSource, batch_indices, load_windows};
+use crate::train::optim::AdamW;
+use crate::train::zero_shot::ZeroShot;
 
 /// The student, its optimiser and what it learns to reproduce.
 pub struct Trainer<'a> {
     pub student: Student,
-    opt: AdamW,
+    pub opt: AdamW,
     zero_shot: ZeroShot,
     /// The teacher's targets of every window of `source`.
     targets: Vec<Targets>,
@@ -43,7 +45,7 @@ fn student_forward(
     student: &Student,
     windows: &[Vec<EncoderCrop>],
 ) -> candle_core::Result<(Tensor, Tensor)> {
-    let (video, hint) = super::teacher::video_and_hint(&student.model, windows)?;
+    let (video, hint) = video_and_hint(&student.model, windows)?;
     match &student.hint_proj {
         Some(p) => Ok((video, hint.broadcast_matmul(p)?)),
         None => Ok((video, hint)),
@@ -54,20 +56,6 @@ fn stack_targets(targets: &[Targets], indices: &[usize]) -> candle_core::Result<
     let video: Vec<&Tensor> = indices.iter().map(|&i| &targets[i].video).collect();
     let hint: Vec<&Tensor> = indices.iter().map(|&i| &targets[i].hint).collect();
     Ok((Tensor::stack(&video, 0)?, Tensor::stack(&hint, 0)?))
-}
-
-fn load_windows(
-    source: &dyn WindowSource,
-    indices: &[usize],
-) -> anyhow::Result<Vec<Vec<EncoderCrop>>> {
-    indices
-        .iter()
-        .map(|&i| {
-            source
-                .load(i)
-                .with_context(|| format!("window {}", source.id(i)))
-        })
-        .collect()
 }
 
 fn to_rows(t: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
@@ -157,20 +145,5 @@ impl<'a> Trainer<'a> {
             );
         }
         Ok(sum.finish())
-    }
-
-    /// Saves the student and the optimiser with `state` as the checkpoint in `out`.
-    pub fn save(&self, out: &std::path::Path, state: &RunState) -> anyhow::Result<()> {
-        checkpoint::save(out, &self.student, &self.opt, state)
-    }
-
-    /// Continues the checkpoint in `out` (of `state`) when it is of the run `fingerprint`.
-    pub fn restore(
-        &mut self,
-        out: &std::path::Path,
-        state: RunState,
-        fingerprint: &str,
-    ) -> anyhow::Result<Option<RunState>> {
-        checkpoint::restore(out, &self.student, &mut self.opt, state, fingerprint)
     }
 }

@@ -17,8 +17,9 @@ use std::collections::BTreeSet;
 
 use super::examples::{Example, Sides};
 use super::report::{FitReport, SplitReport};
-use super::{emotion, split, va};
+use super::{emotion, va};
 use crate::readout::HeadsFile;
+use crate::train::data::by_share;
 
 /// How to fit.
 #[derive(Debug, Clone)]
@@ -118,8 +119,7 @@ fn split_by_track(
         .iter()
         .map(|e| (e.camera.clone(), e.track_id))
         .collect();
-    let is_val =
-        split::by_track(&groups, opts.val_fraction, opts.seed).ok_or(FitError::OneTrack)?;
+    let is_val = by_share(&groups, opts.val_fraction, opts.seed).ok_or(FitError::OneTrack)?;
     let tracks = |val: bool| {
         groups
             .iter()

@@ -16,7 +16,6 @@ mod logistic;
 mod metrics;
 mod report;
 mod ridge;
-mod split;
 mod va;
 
 pub use cli::{HeadsArgs, HeadsError, run};

@@ -1,6 +1,10 @@
-//! Windows to learn from: a source of captured 8-frame windows, the held-out split and the
-//! deterministic order in which training visits them.
+//! Windows to learn from: a source of captured 8-frame windows (the capture dataset is one),
+//! the held-out split and the deterministic order in which training visits them.
 
+use std::path::Path;
+
+use crate::capture::{Dataset, SampleMeta};
+use crate::model::EmotionClipConfig;
 use crate::model::preprocess::EncoderCrop;
 use crate::model::weights::SplitMix64;
 
@@ -17,6 +21,57 @@ pub trait WindowSource {
     fn group(&self, i: usize) -> String;
     /// The window's encoder inputs, oldest frame first.
     fn load(&self, i: usize) -> anyhow::Result<Vec<EncoderCrop>>;
+}
+
+/// A capture dataset as training windows; a window's group is its track (camera/track id).
+pub struct CapturedWindows {
+    pub dataset: Dataset,
+}
+
+impl CapturedWindows {
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            dataset: Dataset::open(dir)?,
+        })
+    }
+
+    fn sample(&self, i: usize) -> &SampleMeta {
+        &self.dataset.samples()[i]
+    }
+
+    /// Checks that the windows are of the size and length `model` (`what`, for the message)
+    /// takes.
+    pub fn check_fits(&self, model: &EmotionClipConfig, what: &str) -> anyhow::Result<()> {
+        let manifest = self.dataset.manifest();
+        let (size, frames) = (model.vision_cfg.image_size, model.temporal.video_len);
+        if (manifest.image_size, manifest.video_len) != (size, frames) {
+            anyhow::bail!(
+                "windows of {} px x {} frames, {what} takes {size} px x {frames}",
+                manifest.image_size,
+                manifest.video_len,
+            );
+        }
+        Ok(())
+    }
+}
+
+impl WindowSource for CapturedWindows {
+    fn len(&self) -> usize {
+        self.dataset.samples().len()
+    }
+
+    fn id(&self, i: usize) -> &str {
+        &self.sample(i).id
+    }
+
+    fn group(&self, i: usize) -> String {
+        let s = self.sample(i);
+        format!("{}/{}", s.camera, s.track_id)
+    }
+
+    fn load(&self, i: usize) -> anyhow::Result<Vec<EncoderCrop>> {
+        Ok(self.dataset.load(self.sample(i))?)
+    }
 }
 
 /// The windows of `inner` named by `ids`, in that order (a resumed run keeps the windows it
@@ -45,6 +100,14 @@ impl<'a> Subset<'a> {
             map: (0..inner.len()).collect(),
         }
     }
+
+    /// The windows a run learns from: those it `started` with when it resumes and they are
+    /// all still in `inner` (newer captures wait for the next run), else all of `inner`.
+    pub fn keeping(inner: &'a dyn WindowSource, started: Option<&[String]>) -> Self {
+        started
+            .and_then(|ids| Self::of(inner, ids))
+            .unwrap_or_else(|| Self::all(inner))
+    }
 }
 
 impl WindowSource for Subset<'_> {
@@ -62,7 +125,24 @@ impl WindowSource for Subset<'_> {
     }
 }
 
-fn hash(text: &str, seed: u64) -> u64 {
+/// The encoder inputs of the windows `indices`, each error naming its window.
+pub fn load_windows(
+    source: &dyn WindowSource,
+    indices: &[usize],
+) -> anyhow::Result<Vec<Vec<EncoderCrop>>> {
+    use anyhow::Context;
+    indices
+        .iter()
+        .map(|&i| {
+            source
+                .load(i)
+                .with_context(|| format!("window {}", source.id(i)))
+        })
+        .collect()
+}
+
+/// A seeded hash of `text`: stable across runs and machines.
+pub fn hash(text: &str, seed: u64) -> u64 {
     text.bytes().fold(SplitMix64(seed).next(), |h, b| {
         SplitMix64(h ^ u64::from(b)).next()
     })
@@ -102,6 +182,37 @@ pub fn split(source: &dyn WindowSource, val_fraction: f64, seed: u64) -> (Vec<us
         }
     }
     (train, val)
+}
+
+/// Marks each item as held out (`true`) or training, by group (`groups[i]` is item i's):
+/// the groups are shuffled with `seed` (the same inputs and seed always give the same split)
+/// and moved to the held-out side until it holds at least `fraction` of the items; both
+/// sides keep at least one group. `None` with fewer than two groups. Unlike [`split`], the
+/// held-out share is reached on few, unequal groups.
+pub fn by_share<G: Ord>(groups: &[G], fraction: f64, seed: u64) -> Option<Vec<bool>> {
+    let mut sizes: std::collections::BTreeMap<&G, usize> = std::collections::BTreeMap::new();
+    for g in groups {
+        *sizes.entry(g).or_default() += 1;
+    }
+    if sizes.len() < 2 {
+        return None;
+    }
+    let mut order: Vec<&G> = sizes.keys().copied().collect();
+    let mut rng = SplitMix64(seed);
+    for i in (1..order.len()).rev() {
+        let j = (rng.next() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    let target = fraction * groups.len() as f64;
+    let mut held = std::collections::BTreeSet::new();
+    let mut count = 0usize;
+    for g in &order[..order.len() - 1] {
+        if held.is_empty() || (count as f64) < target {
+            held.insert(*g);
+            count += sizes[g];
+        }
+    }
+    Some(groups.iter().map(|g| held.contains(g)).collect())
 }
 
 /// A seeded permutation of `0..n` (Fisher-Yates).
@@ -170,6 +281,34 @@ mod tests {
             assert!(train.iter().all(|t| source.group(*t) != source.group(*v)));
         }
         assert_eq!(split(&source, 0.25, 7), (train, val));
+    }
+
+    #[test]
+    fn shares_are_reached_by_whole_groups_and_the_seed_decides() {
+        let groups: Vec<(String, u64)> = (0..100)
+            .map(|i| (format!("cam{}", i % 2), (i / 10) as u64))
+            .collect();
+        let a = by_share(&groups, 0.2, 7).unwrap();
+        assert_eq!(a, by_share(&groups, 0.2, 7).unwrap());
+        for (g, v) in groups.iter().zip(&a) {
+            for (h, w) in groups.iter().zip(&a) {
+                if g == h {
+                    assert_eq!(v, w);
+                }
+            }
+        }
+        let n = a.iter().filter(|v| **v).count();
+        assert!((20..=30).contains(&n), "{n}");
+        assert!(a.iter().any(|v| !v));
+        let one = vec![("cam".to_owned(), 1); 5];
+        assert_eq!(by_share(&one, 0.2, 0), None);
+        let two = vec![("cam".to_owned(), 1), ("cam".to_owned(), 2)];
+        let s = by_share(&two, 0.9, 0).unwrap();
+        assert_eq!(
+            s.iter().filter(|v| **v).count(),
+            1,
+            "both sides keep a track"
+        );
     }
 
     #[test]

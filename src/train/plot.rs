@@ -1,5 +1,5 @@
-//! A small line-chart PNG for the distillation report: no plotting crate or font files are
-//! needed on the box, so the few labels use a built-in 3x5 pixel font.
+//! A small line-chart PNG for the training reports (`report.png`): no plotting crate or font
+//! files are needed on the box, so the few labels use a built-in 3x5 pixel font.
 
 use std::path::Path;
 
@@ -19,6 +19,50 @@ pub struct Panel<'a> {
     pub series: Vec<Series<'a>>,
     /// Fixed y range, or `None` to fit the data.
     pub y_range: Option<(f64, f64)>,
+}
+
+impl<'a> Series<'a> {
+    /// The training loss of each step (`losses`: (step, loss) in step order) as a running
+    /// mean over ~2% of the run, which keeps the curve readable; red.
+    pub fn train_loss(losses: impl ExactSizeIterator<Item = (usize, f32)>) -> Self {
+        let losses: Vec<(usize, f32)> = losses.collect();
+        let k = (losses.len() / 50).max(1);
+        let points = losses
+            .chunks(k)
+            .map(|c| {
+                let mean = c.iter().map(|r| f64::from(r.1)).sum::<f64>() / c.len() as f64;
+                ((c[c.len() - 1].0 + 1) as f64, mean)
+            })
+            .collect();
+        Self {
+            label: "train",
+            colour: [214, 39, 40],
+            points,
+        }
+    }
+}
+
+impl<'a> Panel<'a> {
+    /// Top-1 agreement and embedding cosine of a model's read-out with a reference's, over
+    /// the steps (points (step, value)), on a fixed 0..1 axis.
+    pub fn agreement(title: &'a str, top1: Vec<(f64, f64)>, cosine: Vec<(f64, f64)>) -> Self {
+        Self {
+            title,
+            series: vec![
+                Series {
+                    label: "top-1",
+                    colour: [44, 160, 44],
+                    points: top1,
+                },
+                Series {
+                    label: "cosine",
+                    colour: [148, 103, 189],
+                    points: cosine,
+                },
+            ],
+            y_range: Some((0.0, 1.0)),
+        }
+    }
 }
 
 const W: u32 = 640;

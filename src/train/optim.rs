@@ -30,6 +30,16 @@ impl Default for AdamWConfig {
     }
 }
 
+impl AdamWConfig {
+    /// The defaults with decoupled weight decay `weight_decay`.
+    pub fn with_weight_decay(weight_decay: f64) -> Self {
+        Self {
+            weight_decay,
+            ..Self::default()
+        }
+    }
+}
+
 struct Slot {
     name: String,
     var: Var,
@@ -152,6 +162,17 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// Warm-up over `warmup` steps (at most the run's) to `peak`, then decay to
+    /// `peak * floor` at step `total`.
+    pub fn new(peak: f64, warmup: usize, total: usize, floor: f64) -> Self {
+        Self {
+            peak,
+            warmup: warmup.min(total),
+            total,
+            floor,
+        }
+    }
+
     /// The learning rate of step `step` (0-based).
     pub fn lr(&self, step: usize) -> f64 {
         if step < self.warmup {
