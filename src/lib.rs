@@ -13,6 +13,7 @@ pub mod capture;
 pub mod config;
 pub mod detect;
 pub mod digest;
+pub mod draw;
 pub mod encode;
 pub mod health;
 pub mod ingest;

@@ -1,9 +1,11 @@
 //! A small line-chart PNG for the training reports (`report.png`): no plotting crate or font
-//! files are needed on the box, so the few labels use a built-in 3x5 pixel font.
+//! files are needed on the box: the few labels use `draw`'s built-in 3x5 pixel font.
 
 use std::path::Path;
 
 use image::{Rgb, RgbImage};
+
+use crate::draw::{self, line};
 
 /// One line of a panel.
 pub struct Series<'a> {
@@ -73,93 +75,6 @@ const BG: Rgb<u8> = Rgb([255, 255, 255]);
 const INK: Rgb<u8> = Rgb([40, 40, 40]);
 const GRID: Rgb<u8> = Rgb([225, 225, 225]);
 
-/// 3x5 glyphs, rows top to bottom, `#` = ink.
-fn glyph(c: char) -> Option<[&'static str; 5]> {
-    Some(match c.to_ascii_lowercase() {
-        '0' => ["###", "#.#", "#.#", "#.#", "###"],
-        '1' => [".#.", "##.", ".#.", ".#.", "###"],
-        '2' => ["###", "..#", "###", "#..", "###"],
-        '3' => ["###", "..#", ".##", "..#", "###"],
-        '4' => ["#.#", "#.#", "###", "..#", "..#"],
-        '5' => ["###", "#..", "###", "..#", "###"],
-        '6' => ["###", "#..", "###", "#.#", "###"],
-        '7' => ["###", "..#", ".#.", ".#.", ".#."],
-        '8' => ["###", "#.#", "###", "#.#", "###"],
-        '9' => ["###", "#.#", "###", "..#", "###"],
-        '.' => ["...", "...", "...", "...", ".#."],
-        '-' => ["...", "...", "###", "...", "..."],
-        ':' => ["...", ".#.", "...", ".#.", "..."],
-        '%' => ["#.#", "..#", ".#.", "#..", "#.#"],
-        '(' => [".#.", "#..", "#..", "#..", ".#."],
-        ')' => [".#.", "..#", "..#", "..#", ".#."],
-        '/' => ["..#", "..#", ".#.", "#..", "#.."],
-        'a' => [".#.", "#.#", "###", "#.#", "#.#"],
-        'b' => ["##.", "#.#", "##.", "#.#", "##."],
-        'c' => [".##", "#..", "#..", "#..", ".##"],
-        'd' => ["##.", "#.#", "#.#", "#.#", "##."],
-        'e' => ["###", "#..", "##.", "#..", "###"],
-        'f' => ["###", "#..", "##.", "#..", "#.."],
-        'g' => [".##", "#..", "#.#", "#.#", ".##"],
-        'h' => ["#.#", "#.#", "###", "#.#", "#.#"],
-        'i' => ["###", ".#.", ".#.", ".#.", "###"],
-        'j' => ["..#", "..#", "..#", "#.#", ".#."],
-        'k' => ["#.#", "#.#", "##.", "#.#", "#.#"],
-        'l' => ["#..", "#..", "#..", "#..", "###"],
-        'm' => ["#.#", "###", "###", "#.#", "#.#"],
-        'n' => ["##.", "#.#", "#.#", "#.#", "#.#"],
-        'o' => [".#.", "#.#", "#.#", "#.#", ".#."],
-        'p' => ["##.", "#.#", "##.", "#..", "#.."],
-        'q' => [".#.", "#.#", "#.#", ".#.", "..#"],
-        'r' => ["##.", "#.#", "##.", "#.#", "#.#"],
-        's' => [".##", "#..", ".#.", "..#", "##."],
-        't' => ["###", ".#.", ".#.", ".#.", ".#."],
-        'u' => ["#.#", "#.#", "#.#", "#.#", "###"],
-        'v' => ["#.#", "#.#", "#.#", "#.#", ".#."],
-        'w' => ["#.#", "#.#", "###", "###", "#.#"],
-        'x' => ["#.#", "#.#", ".#.", "#.#", "#.#"],
-        'y' => ["#.#", "#.#", ".#.", ".#.", ".#."],
-        'z' => ["###", "..#", ".#.", "#..", "###"],
-        ' ' => ["...", "...", "...", "...", "..."],
-        _ => return None,
-    })
-}
-
-fn text(img: &mut RgbImage, x: u32, y: u32, s: &str, colour: Rgb<u8>) {
-    for (k, c) in s.chars().enumerate() {
-        let Some(rows) = glyph(c) else { continue };
-        let gx = x + k as u32 * 4 * SCALE;
-        for (r, row) in rows.iter().enumerate() {
-            for (col, bit) in row.bytes().enumerate() {
-                if bit != b'#' {
-                    continue;
-                }
-                for dy in 0..SCALE {
-                    for dx in 0..SCALE {
-                        let (px, py) = (gx + col as u32 * SCALE + dx, y + r as u32 * SCALE + dy);
-                        if px < img.width() && py < img.height() {
-                            img.put_pixel(px, py, colour);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn line(img: &mut RgbImage, (x0, y0): (f64, f64), (x1, y1): (f64, f64), colour: Rgb<u8>) {
-    let n = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
-    for i in 0..=n {
-        let t = i as f64 / n as f64;
-        let (x, y) = (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t);
-        for (dx, dy) in [(0, 0), (1, 0), (0, 1)] {
-            let (px, py) = (x as i64 + dx, y as i64 + dy);
-            if px >= 0 && py >= 0 && (px as u32) < img.width() && (py as u32) < img.height() {
-                img.put_pixel(px as u32, py as u32, colour);
-            }
-        }
-    }
-}
-
 fn short(v: f64) -> String {
     if v.abs() >= 100.0 || v == 0.0 {
         format!("{v:.0}")
@@ -195,7 +110,7 @@ fn draw_panel(img: &mut RgbImage, top: u32, panel: &Panel, x_max: f64) {
         let y = lo + (hi - lo) * f64::from(k) / 4.0;
         let py = y_of(y);
         line(img, (f64::from(left), py), (f64::from(right), py), GRID);
-        text(img, 4, py as u32 - 5, &short(y), INK);
+        draw::text(img, 4, py as u32 - 5, &short(y), SCALE, INK);
     }
     line(
         img,
@@ -209,15 +124,16 @@ fn draw_panel(img: &mut RgbImage, top: u32, panel: &Panel, x_max: f64) {
         (f64::from(right), f64::from(bottom)),
         INK,
     );
-    text(
+    draw::text(
         img,
-        right - 8 * 4 * SCALE,
+        right - 8 * draw::advance(SCALE),
         bottom + 8,
         &format!("step {}", x_max as u64),
+        SCALE,
         INK,
     );
-    text(img, left, top + 6, panel.title, INK);
-    let mut label_x = left + (panel.title.len() as u32 + 2) * 4 * SCALE;
+    draw::text(img, left, top + 6, panel.title, SCALE, INK);
+    let mut label_x = left + (panel.title.len() as u32 + 2) * draw::advance(SCALE);
     for s in &panel.series {
         let colour = Rgb(s.colour);
         for pair in s.points.windows(2) {
@@ -236,8 +152,8 @@ fn draw_panel(img: &mut RgbImage, top: u32, panel: &Panel, x_max: f64) {
                 colour,
             );
         }
-        text(img, label_x, top + 6, s.label, colour);
-        label_x += (s.label.len() as u32 + 2) * 4 * SCALE;
+        draw::text(img, label_x, top + 6, s.label, SCALE, colour);
+        label_x += (s.label.len() as u32 + 2) * draw::advance(SCALE);
     }
 }
 
@@ -258,7 +174,7 @@ mod tests {
     #[test]
     fn every_label_character_has_a_glyph_and_lines_are_drawn() {
         for c in "held-out top-1 agreement cosine loss (train) step 0123456789.:%".chars() {
-            assert!(glyph(c).is_some(), "{c:?}");
+            assert!(draw::glyph(c).is_some(), "{c:?}");
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.png");
