@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what affectd needs on Debian 12 and is missing: GStreamer (with the RTSP server
-# library for tests), mosquitto, prometheus (its promtool checks /metrics in the tests; the
+# library for tests), mosquitto, chromium (the debug page is tested in it, headless),
+# prometheus (its promtool checks /metrics in the tests; the
 # package also enables a Prometheus server on :9090 under systemd), and the ONNX Runtime
 # library from the PyPI wheel.
 # Idempotent: a second run installs nothing.
 #   scripts/install-deps.sh            # into ./.venv (development, tests, demo)
-#   scripts/install-deps.sh --system   # also copies the library to /opt/affectd/onnxruntime
+#   scripts/install-deps.sh --system   # also copies the library to /opt/affectd/onnxruntime/lib
+#                                      # (what configs/affectd.toml and the unit name)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +18,7 @@ PACKAGES=(
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools
   libgstrtspserver-1.0-dev gstreamer1.0-rtsp
   mosquitto mosquitto-clients python3-venv openssl
-  prometheus
+  prometheus chromium systemd
 )
 
 SUDO=""
@@ -46,7 +48,7 @@ fi
 lib=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.${ORT_VERSION})
 
 if [ "${1:-}" = "--system" ]; then
-  $SUDO install -d /opt/affectd/onnxruntime
-  $SUDO install -m 0644 "$lib" .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime_providers_shared.so /opt/affectd/onnxruntime/
+  $SUDO install -d /opt/affectd/onnxruntime/lib
+  $SUDO install -m 0644 "$lib" .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime_providers_shared.so /opt/affectd/onnxruntime/lib/
 fi
 echo "install-deps: ok (ONNX Runtime: $lib)"

@@ -15,8 +15,8 @@ pub struct DetectConfig {
     #[serde(default = "default_engine")]
     pub engine: PathBuf,
     /// The ONNX Runtime library (`libonnxruntime.so.1.31.1` or newer). When unset, affectd tries
-    /// `ORT_DYLIB_PATH`, then `<exe dir>/../lib/affectd/`, `/opt/affectd/onnxruntime/lib/` and
-    /// `./.venv/lib/python3*/site-packages/onnxruntime/capi/`.
+    /// `ORT_DYLIB_PATH`, then `<exe dir>/../lib/affectd/`, `/opt/affectd/onnxruntime/lib/` and,
+    /// unless root or under systemd, `./.venv/lib/python3*/site-packages/onnxruntime/capi/`.
     #[serde(default)]
     pub ort_library: Option<PathBuf>,
     /// Execution providers to try, in order: `tensorrt`, `cuda`, `cpu`. The first one that
@@ -120,7 +120,7 @@ impl DetectConfig {
 }
 
 fn default_engine() -> PathBuf {
-    PathBuf::from("engines/nanodet-g-416.toml")
+    PathBuf::from("engines/nanodet-g-416-dynamic.toml")
 }
 fn default_providers() -> Vec<Provider> {
     vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu]

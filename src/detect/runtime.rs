@@ -13,7 +13,14 @@ use super::config::{DetectConfig, Provider};
 /// The ONNX Runtime minor version this build needs at least (ort's `api-31` feature).
 pub const ORT_MINOR: u32 = ort::MINOR_VERSION;
 
-/// Where affectd looks for ONNX Runtime when neither the config nor `ORT_DYLIB_PATH` names it.
+/// Where `scripts/install-deps.sh --system` puts the library; the shipped config and unit name
+/// the file in it.
+pub const SYSTEM_LIBRARY_DIR: &str = "/opt/affectd/onnxruntime/lib";
+
+/// Where affectd looks for ONNX Runtime when neither the config nor `ORT_DYLIB_PATH` names it:
+/// `<exe dir>/../lib/affectd/`, [`SYSTEM_LIBRARY_DIR`], and, for a developer's own runs only,
+/// the working directory's `.venv` (never as root or under systemd, where the working
+/// directory is no place to load code from).
 pub fn library_search_list() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(exe_dir) = std::env::current_exe()
@@ -22,7 +29,10 @@ pub fn library_search_list() -> Vec<PathBuf> {
     {
         dirs.push(exe_dir.join("../lib/affectd"));
     }
-    dirs.push(PathBuf::from("/opt/affectd/onnxruntime/lib"));
+    dirs.push(PathBuf::from(SYSTEM_LIBRARY_DIR));
+    if !searches_working_directory() {
+        return dirs;
+    }
     if let Ok(entries) = std::fs::read_dir(".venv/lib") {
         let mut pys: Vec<PathBuf> = entries
             .flatten()
@@ -37,6 +47,14 @@ pub fn library_search_list() -> Vec<PathBuf> {
         ));
     }
     dirs
+}
+
+/// Whether `./.venv` may be searched: not as root, not as a systemd service
+/// (`INVOCATION_ID` is set for every unit's processes).
+fn searches_working_directory() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    !root && std::env::var_os("INVOCATION_ID").is_none()
 }
 
 /// The library file in `dir`: `libonnxruntime.so.1.<minor>.<patch>`, newest first, else a plain
