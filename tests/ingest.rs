@@ -242,6 +242,53 @@ fn the_real_clip_plays_in_real_time_at_8_fps() {
 }
 
 #[test]
+fn frames_larger_than_max_size_are_scaled_down_at_ingest_keeping_their_aspect() {
+    logs();
+    // A 4K source (the built-in test template, overridden through pipelines_dir so the
+    // source's own caps are 3840x2160) and the real 768x576 clip, with max_size 1920 and 640.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("test.pipeline"),
+        "videotestsrc name=src is-live=true ! video/x-raw,width=3840,height=2160,framerate=8/1 \
+         ! videorate name=rate ! videoscale ! videoconvert ! capsfilter name=caps ! appsink name=sink\n",
+    )
+    .unwrap();
+    for (max, want_4k, want_clip) in [
+        (1920, (1920, 1080), (768, 576)),
+        (640, (640, 360), (640, 480)),
+    ] {
+        let cfg = IngestConfig {
+            max_size: max,
+            pipelines_dir: Some(dir.path().to_owned()),
+            ..IngestConfig::default()
+        };
+        let cams = [
+            camera("uhd", "test:smpte"),
+            camera(
+                "clip",
+                &format!("file:{}", fixture("vtest-10s.mp4").display()),
+            ),
+        ];
+        let ingest = Ingest::start(&cams, &cfg, CancellationToken::new()).unwrap();
+        let collector = Collector::new(&ingest);
+        let uhd = collector.wait_for("uhd", 2, Duration::from_secs(20));
+        let clip = collector.wait_for("clip", 2, Duration::from_secs(20));
+        drop(collector);
+        ingest.stop(Duration::from_secs(2));
+        assert!(
+            uhd.len() >= 2 && clip.len() >= 2,
+            "max_size {max}: frames missing"
+        );
+        for (frames, want) in [(&uhd, want_4k), (&clip, want_clip)] {
+            for f in frames.iter() {
+                assert_eq!((f.width, f.height), want, "max_size {max}");
+                assert_eq!(f.rgb.len(), (want.0 * want.1 * 3) as usize);
+            }
+        }
+    }
+}
+
+#[test]
 fn hostile_uris_cannot_change_the_pipeline() {
     logs();
     affectd::ingest::init().unwrap();

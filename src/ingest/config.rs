@@ -66,6 +66,11 @@ pub struct IngestConfig {
     /// Folder of pipeline templates overriding the built-in ones (`file.pipeline`, ...).
     #[serde(default)]
     pub pipelines_dir: Option<PathBuf>,
+    /// Longest side of a delivered frame, in pixels: larger sources are scaled down (aspect
+    /// kept, square pixels) by the pipeline's `videoscale` before the RGB conversion and the
+    /// copy, so a 4K camera costs what a 1080p one does downstream.
+    #[serde(default = "default_max_size")]
+    pub max_size: u32,
 }
 
 /// Which decoder a camera's pipeline uses.
@@ -236,6 +241,7 @@ impl IngestConfig {
     pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
         check_range(&format!("{key}.fps"), self.fps, 1, 60)?;
         check_range(&format!("{key}.queue_frames"), self.queue_frames, 1, 256)?;
+        check_range(&format!("{key}.max_size"), self.max_size, 64, 8192)?;
         check_range(
             &format!("{key}.stall_timeout_s"),
             self.stall_timeout_s,
@@ -267,6 +273,7 @@ impl Default for IngestConfig {
             backoff_initial_s: default_backoff_initial_s(),
             backoff_max_s: default_backoff_max_s(),
             pipelines_dir: None,
+            max_size: default_max_size(),
         }
     }
 }
@@ -279,6 +286,9 @@ const fn default_latency_ms() -> u32 {
 }
 const fn default_fps() -> u32 {
     8
+}
+const fn default_max_size() -> u32 {
+    1920
 }
 const fn default_queue_frames() -> usize {
     4

@@ -243,9 +243,15 @@ pub fn build(camera: &CameraConfig, cfg: &IngestConfig) -> Result<Built, Error> 
     }
 
     let fps = camera.fps.unwrap_or(cfg.fps).max(1);
+    // Sizes up to `max_size` either way: a smaller source passes unscaled, a larger one is
+    // fixated by videoscale to the largest size that fits with its display aspect ratio.
+    let max = cfg.max_size.clamp(1, i32::MAX as u32) as i32;
     let out_caps = gst_video::VideoCapsBuilder::new()
         .format(gst_video::VideoFormat::Rgb)
         .framerate(gst::Fraction::new(fps as i32, 1))
+        .width_range(1..=max)
+        .height_range(1..=max)
+        .pixel_aspect_ratio(gst::Fraction::new(1, 1))
         .build();
     if caps.find_property("caps").map(|p| p.value_type()) != Some(gst::Caps::static_type()) {
         return Err(Error::TemplateElement {
