@@ -16,7 +16,7 @@ use super::{DetectConfig, Detector, Error};
 #[derive(Debug, Clone, clap::Args)]
 pub struct DetectArgs {
     /// The daemon config; its `[detect]` and `[track]` sections are used. Without it the
-    /// defaults apply (engine `engines/nanodet-g-416.toml` under the current folder).
+    /// defaults apply (engine `engines/nanodet-g-416-dynamic.toml` under the current folder).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// An image (.png, .jpg) or a video file.

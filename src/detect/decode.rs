@@ -28,6 +28,9 @@ pub struct GflLevel<'a> {
     pub bins: usize,
     /// Anchor point of cell (col, row): ((col + offset) * stride, (row + offset) * stride).
     pub centre_offset: f32,
+    /// Network input size (width, height): boxes are clamped into it before NMS, as NanoDet's
+    /// `distance2bbox(..., max_shape)` does (it changes which overlapping boxes NMS keeps).
+    pub input: (f32, f32),
 }
 
 /// Grid cells of a level at `stride` for a `w` x `h` input.
@@ -36,7 +39,10 @@ pub fn grid_cells(w: u32, h: u32, stride: u32) -> (usize, usize) {
 }
 
 /// Decodes a NanoDet GFL level: for each side the softmax expectation over the bins, times
-/// the stride, is the distance from the cell's anchor point (Li et al., Generalized Focal Loss).
+/// the stride, is the distance from the cell's anchor point (Li et al., Generalized Focal Loss);
+/// the box is clamped into the network input. This is NanoDet's `get_bboxes` (`Integral`,
+/// centre priors at (col + 0.5) * stride, `distance2bbox` with `max_shape`), for the person
+/// class; tests/detect.rs compares it with a re-implementation of the official code.
 pub fn decode_gfl(level: &GflLevel<'_>, p: &DecodeParams, out: &mut Vec<Detection>) {
     let nc = p.num_classes;
     let reg_len = 4 * level.bins;
@@ -57,9 +63,10 @@ pub fn decode_gfl(level: &GflLevel<'_>, p: &DecodeParams, out: &mut Vec<Detectio
         for (side, logits) in reg.chunks_exact(level.bins).enumerate() {
             d[side] = softmax_expectation(logits) * s;
         }
+        let (w, h) = level.input;
         push_valid(
             out,
-            BBox::new(cx - d[0], cy - d[1], cx + d[2], cy + d[3]),
+            BBox::new(cx - d[0], cy - d[1], cx + d[2], cy + d[3]).clamped(w, h),
             score,
         );
     }
@@ -216,6 +223,7 @@ pub fn decode_image(
                     regs,
                     bins: m.reg_bins,
                     centre_offset: m.centre_offset,
+                    input: (m.input_width as f32, m.input_height as f32),
                 };
                 decode_gfl(&level, p, out);
             }
@@ -299,6 +307,7 @@ mod tests {
             regs: &regs,
             bins,
             centre_offset: 0.5,
+            input: (40.0, 40.0),
         };
         let mut out = Vec::new();
         decode_gfl(&level, &P, &mut out);
@@ -306,6 +315,20 @@ mod tests {
         // centre (12, 4); distances 8, 0, 16, 24
         assert!(
             close(out[0].bbox, BBox::new(4.0, 4.0, 28.0, 28.0)),
+            "{out:?}"
+        );
+        // Clamped into the network input (here 16 x 16), as NanoDet's distance2bbox.
+        out.clear();
+        decode_gfl(
+            &GflLevel {
+                input: (16.0, 16.0),
+                ..level
+            },
+            &P,
+            &mut out,
+        );
+        assert!(
+            close(out[0].bbox, BBox::new(4.0, 4.0, 16.0, 16.0)),
             "{out:?}"
         );
         assert_eq!(out[0].score, 0.9);
@@ -463,8 +486,10 @@ mod tests {
         decode_image(&m, &p, &outputs, 1, 2, &mut b).unwrap();
         assert_eq!(a.len(), 1);
         assert_eq!(b.len(), 1);
-        assert!((a[0].bbox.x1 - -4.0).abs() < 1e-3 && (a[0].bbox.x2 - 12.0).abs() < 1e-3);
-        assert!((b[0].bbox.x1 - 4.0).abs() < 1e-3 && (b[0].bbox.y2 - 20.0).abs() < 1e-3);
+        // Image 0: centre (4, 4) -> (-4, -4, 12, 12), clamped into the 16 x 16 input.
+        assert!(close(a[0].bbox, BBox::new(0.0, 0.0, 12.0, 12.0)), "{a:?}");
+        // Image 1: centre (12, 12) -> (4, 4, 20, 20), clamped.
+        assert!(close(b[0].bbox, BBox::new(4.0, 4.0, 16.0, 16.0)), "{b:?}");
         assert_eq!((a[0].score, b[0].score), (0.9, 0.8));
     }
 

@@ -55,8 +55,9 @@ impl std::fmt::Debug for Detector {
 }
 
 impl Detector {
-    /// Loads the manifest and the model and opens the session. Does not verify the sha256
-    /// (that is [`Detector::probe`]'s job, run by `affectd check`).
+    /// Loads the manifest, checks the model file against its sha256 (a bad copy or a file
+    /// cut short is refused here, naming it, not run; hashing the bundled model takes tens of
+    /// milliseconds) and opens the session.
     pub fn new(cfg: &DetectConfig) -> Result<Detector, Error> {
         let manifest = Manifest::load(&cfg.engine)?;
         let model = manifest.model_path();
@@ -66,6 +67,7 @@ impl Detector {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "model file not found"),
             ));
         }
+        manifest.verify_model()?;
         let (session, provider) = runtime::open_session(cfg, &model)?;
         let input_shape = input_shape(&session).ok_or_else(|| Error::Shape {
             problem: "the model has no tensor input".into(),
