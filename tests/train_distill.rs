@@ -129,8 +129,23 @@ fn captured_windows_distil_into_a_student_the_daemon_serves() {
     assert!(result["windows"].as_u64().unwrap() > 0, "{report}");
     let cos = |a: &Value| a["embedding_cosine"].as_f64().unwrap();
     let top1 = |a: &Value| a["top1_agreement"].as_f64().unwrap();
+    let held_out_loss = |a: &Value| a["loss"]["total"].as_f64().unwrap();
+    println!(
+        "held-out: loss {:.4} -> {:.4}, cosine {:.4} -> {:.4}, top-1 {:.3} -> {:.3}",
+        held_out_loss(initial),
+        held_out_loss(result),
+        cos(initial),
+        cos(result),
+        top1(initial),
+        top1(result)
+    );
+    // The held-out loss must at least halve too, not only the training loss (measured: 3.56 ->
+    // 0.13). Top-1 agreement starts at 1.0 here (the tiny teacher's read-out is nearly
+    // constant), so it can only be required not to fall.
     assert!(
-        cos(result) > cos(initial) && top1(result) >= top1(initial),
+        cos(result) > cos(initial)
+            && top1(result) >= top1(initial)
+            && held_out_loss(result) <= 0.5 * held_out_loss(initial),
         "held-out agreement {initial} -> {result}"
     );
     assert!(report["speed"]["student_frames_per_s"].as_f64().unwrap() > 0.0);

@@ -161,4 +161,69 @@ mod tests {
         );
         Ok(())
     }
+
+    /// Every term against numpy (float64) on small tensors, computed as:
+    ///
+    /// ```text
+    /// l2 = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    /// C = l2([[1,0,0],[0,1,0],[0,0,1],[.5,.5,0]]); scale = 3
+    /// cosine  = (1 - (l2(sv) * l2(tv)).sum(1)).mean()
+    /// feature = ((sh - th) ** 2).mean()
+    /// lt, ls  = log_softmax(scale * l2(tv) @ C.T / T), log_softmax(scale * l2(sv) @ C.T / T)
+    /// kl      = (exp(lt) * (lt - ls)).sum(1).mean() * T**2      # KL(teacher || student)
+    /// ```
+    ///
+    /// The reverse direction KL(student || teacher) and the KL without the T^2 factor are
+    /// listed too, so that a swapped direction or a dropped factor cannot pass. (T = 4 would
+    /// multiply the float32 rounding of the KL, ~1e-7, past 1e-6; T = 0.5 pins the factor as
+    /// well.)
+    #[test]
+    fn the_terms_match_numpy() -> Result<()> {
+        let dev = Device::Cpu;
+        let zs = ZeroShot::from_classes(
+            l2_normalize(&Tensor::new(
+                &[[1f32, 0., 0.], [0., 1., 0.], [0., 0., 1.], [0.5, 0.5, 0.]],
+                &dev,
+            )?)?,
+            3.0,
+        );
+        let tv = Tensor::new(&[[1f32, 0.2, -0.3], [0.1, -1.0, 0.4]], &dev)?;
+        let sv = Tensor::new(&[[0.1f32, 1.0, 0.3], [1.0, 0.1, 0.4]], &dev)?;
+        let th = Tensor::new(
+            &[[[0.5f32, 1.0], [2.0, -1.0]], [[0.0, 0.1], [0.2, 0.3]]],
+            &dev,
+        )?;
+        let sh = Tensor::new(
+            &[[[0.25f32, 1.5], [1.0, -1.0]], [[0.5, 0.1], [-0.2, 0.0]]],
+            &dev,
+        )?;
+        const COSINE: f64 = 0.837445005;
+        const FEATURE: f64 = 0.226562501;
+        // (T, KL(teacher || student) * T^2, KL(student || teacher) * T^2, KL alone,
+        //  total with weights cosine 0.5, feature 2, kl 0.25)
+        let cases: [(f64, f64, f64, f64, f64); 3] = [
+            (1.0, 1.139658533, 1.057180895, 1.139658533, 1.156762139),
+            (2.0, 1.388777562, 1.287657199, 0.347194391, 1.219041896),
+            (0.5, 0.774805900, 0.692382408, 3.099223601, 1.065548981),
+        ];
+        for (t, kl, reverse, without_t2, total) in cases {
+            let w = LossWeights {
+                cosine: 0.5,
+                feature: 2.0,
+                kl: 0.25,
+                temperature: t,
+            };
+            let (tensor, got) = distillation_loss(&w, &zs, &sv, &sh, &tv, &th)?;
+            let near = |a: f32, b: f64| (f64::from(a) - b).abs() <= 1e-6;
+            assert!(near(got.cosine, COSINE), "T {t}: {got:?}");
+            assert!(near(got.feature, FEATURE), "T {t}: {got:?}");
+            assert!(near(got.kl, kl), "T {t}: {got:?}, want kl {kl}");
+            assert!(near(got.total, total), "T {t}: {got:?}, want total {total}");
+            assert_eq!(tensor.to_scalar::<f32>()?, got.total);
+            // What a wrong direction or a missing T^2 would have given is far from it.
+            let far = |a: f32, b: f64| (f64::from(a) - b).abs() > 0.05;
+            assert!(far(got.kl, reverse) && (t == 1.0 || far(got.kl, without_t2)));
+        }
+        Ok(())
+    }
 }
