@@ -14,6 +14,7 @@ pub mod config;
 pub mod detect;
 pub mod digest;
 pub mod draw;
+pub mod durable;
 pub mod encode;
 pub mod health;
 pub mod ingest;

@@ -1,13 +1,14 @@
 //! Reading a capture dataset: the manifest, the samples the index names, their crops.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::CaptureError;
 use super::format::{
-    self, FORMAT, INDEX, MANIFEST, Manifest, SAMPLES, SampleMeta, id_of_file, sample_paths,
+    self, FORMAT, INDEX, MANIFEST, Manifest, SAMPLES, SampleMeta, id_of_file, meta_path,
+    sample_paths,
 };
 use crate::model::preprocess::EncoderCrop;
 
@@ -17,85 +18,116 @@ pub struct Dataset {
     dir: PathBuf,
     manifest: Manifest,
     samples: Vec<SampleMeta>,
-    /// Index lines that were skipped (unparseable, of another shape, or naming missing files).
-    skipped_lines: usize,
+    /// Index lines that were skipped (unparseable, of another shape, or naming missing
+    /// files), as they were.
+    bad_lines: Vec<String>,
     /// Whether the index ends in an incomplete line (no trailing newline).
     torn_tail: bool,
-    /// Sample files no index line names.
+    /// Whether `index.jsonl` is missing.
+    no_index: bool,
+    /// Samples no index line names, whole (images and metadata): taken back.
+    recovered: usize,
+    /// Sample files no index line names that cannot be taken back.
     orphans: Vec<PathBuf>,
 }
 
 impl Dataset {
     /// Opens the dataset in `dir`. Index lines that cannot be used (incomplete, naming files
-    /// that are gone, of another window length) and sample files no line names are skipped
-    /// with a warning; a missing or foreign manifest is an error.
+    /// that are gone, of another window length) are skipped with a warning; samples no line
+    /// names (a lost or truncated index) are taken back from their own metadata file when
+    /// whole, and their files are otherwise left aside ([`Dataset::orphans`]). A missing or
+    /// foreign manifest is an error. Nothing is changed on disk.
     pub fn open(dir: &Path) -> Result<Dataset, CaptureError> {
         let manifest = read_manifest(dir)?;
         let index_path = dir.join(INDEX);
-        let text = match std::fs::read(&index_path) {
-            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        let (text, no_index) = match std::fs::read(&index_path) {
+            Ok(bytes) => (String::from_utf8_lossy(&bytes).into_owned(), false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), true),
             Err(e) => return Err(CaptureError::io(&index_path)(e)),
         };
         let torn_tail = !text.is_empty() && !text.ends_with('\n');
         let mut samples = Vec::new();
         let mut ids = HashSet::new();
-        let mut skipped_lines = 0;
+        let mut bad_lines = Vec::new();
         for (n, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let problem = match serde_json::from_str::<SampleMeta>(line) {
-                Err(e) => Some(format!("not a sample: {e}")),
-                Ok(s) if !format::valid_id(&s.id) => Some(format!("bad id {:?}", s.id)),
-                Ok(s) if ids.contains(&s.id) => Some(format!("id {} repeated", s.id)),
-                Ok(s) if s.frames.len() != manifest.video_len => Some(format!(
-                    "{} frames, the dataset's windows have {}",
-                    s.frames.len(),
-                    manifest.video_len
-                )),
+            let parsed = serde_json::from_str::<SampleMeta>(line)
+                .map_err(|e| format!("not a sample: {e}"))
+                .and_then(|s| usable(dir, &manifest, s, &ids));
+            match parsed {
                 Ok(s) => {
-                    let (rgb, mask) = sample_paths(dir, &s.id);
-                    if rgb.is_file() && mask.is_file() {
-                        ids.insert(s.id.clone());
-                        samples.push(s);
-                        None
-                    } else {
-                        Some(format!("sample {}'s files are gone", s.id))
-                    }
+                    ids.insert(s.id.clone());
+                    samples.push(s);
                 }
-            };
-            if let Some(problem) = problem {
-                skipped_lines += 1;
-                warn!(index = %index_path.display(), line = n + 1, %problem, "index line skipped");
+                Err(problem) => {
+                    bad_lines.push(line.to_owned());
+                    warn!(index = %index_path.display(), line = n + 1, %problem, "index line skipped");
+                }
             }
         }
-        let mut orphans = Vec::new();
+        // Samples no line names: taken back from their metadata file when whole.
+        let mut unnamed: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
         let samples_dir = dir.join(SAMPLES);
         if let Ok(entries) = std::fs::read_dir(&samples_dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                let ours = id_of_file(&name).map(|id| ids.contains(id));
-                if ours == Some(false) {
-                    orphans.push(entry.path());
+                if let Some(id) = id_of_file(&name).filter(|id| !ids.contains(*id)) {
+                    unnamed.entry(id.to_owned()).or_default().push(entry.path());
                 }
             }
+        }
+        let mut recovered = 0;
+        let mut orphans = Vec::new();
+        for (id, files) in unnamed {
+            let meta = std::fs::read(meta_path(dir, &id))
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<SampleMeta>(&b).map_err(|e| e.to_string()))
+                .and_then(|s| {
+                    if s.id == id {
+                        usable(dir, &manifest, s, &ids)
+                    } else {
+                        Err(format!("its metadata names sample {}", s.id))
+                    }
+                });
+            match meta {
+                Ok(s) => {
+                    ids.insert(s.id.clone());
+                    samples.push(s);
+                    recovered += 1;
+                }
+                Err(problem) => {
+                    debug!(sample = %id, %problem, "sample files no index line names");
+                    orphans.extend(files);
+                }
+            }
+        }
+        samples.sort_by(|a, b| a.id.cmp(&b.id));
+        if recovered > 0 {
+            warn!(
+                index = %index_path.display(),
+                samples = recovered,
+                "samples the index did not name were taken back from their own metadata"
+            );
         }
         if !orphans.is_empty() {
             orphans.sort();
             warn!(
                 dir = %samples_dir.display(),
                 files = orphans.len(),
-                "sample files no index line names are ignored"
+                "sample files no index line names, without whole metadata, are ignored"
             );
         }
         Ok(Dataset {
             dir: dir.to_owned(),
             manifest,
             samples,
-            skipped_lines,
+            bad_lines,
             torn_tail,
+            no_index,
+            recovered,
             orphans,
         })
     }
@@ -117,17 +149,35 @@ impl Dataset {
 
     /// Index lines skipped on open.
     pub fn skipped_lines(&self) -> usize {
-        self.skipped_lines
+        self.bad_lines.len()
     }
 
-    /// Sample files no index line names.
+    /// The index lines skipped on open, as they were.
+    pub(crate) fn bad_lines(&self) -> &[String] {
+        &self.bad_lines
+    }
+
+    /// Samples no index line named, taken back from their metadata files.
+    pub fn recovered(&self) -> usize {
+        self.recovered
+    }
+
+    /// Sample files no index line names that could not be taken back.
     pub fn orphans(&self) -> &[PathBuf] {
         &self.orphans
     }
 
     /// Whether the index needs rewriting before lines are appended to it.
     pub(crate) fn index_needs_rewrite(&self) -> bool {
-        self.skipped_lines > 0 || self.torn_tail
+        !self.bad_lines.is_empty() || self.torn_tail || self.no_index || self.recovered > 0
+    }
+
+    /// The digest of a sample's files (what [`SampleMeta::digest`] records at capture).
+    pub fn digest(&self, sample: &SampleMeta) -> Result<String, CaptureError> {
+        let (rgb_path, mask_path) = sample_paths(&self.dir, &sample.id);
+        let rgb = std::fs::read(&rgb_path).map_err(CaptureError::io(&rgb_path))?;
+        let mask = std::fs::read(&mask_path).map_err(CaptureError::io(&mask_path))?;
+        Ok(format::digest(&rgb, &mask))
     }
 
     /// The sample's `video_len` encoder crops, exactly as the encoder saw them.
@@ -148,6 +198,34 @@ impl Dataset {
             self.manifest.video_len,
             (&rgb_path, &mask_path),
         )
+    }
+}
+
+/// `s` when it is a sample of this dataset whose image files are there.
+fn usable(
+    dir: &Path,
+    manifest: &Manifest,
+    s: SampleMeta,
+    ids: &HashSet<String>,
+) -> Result<SampleMeta, String> {
+    if !format::valid_id(&s.id) {
+        return Err(format!("bad id {:?}", s.id));
+    }
+    if ids.contains(&s.id) {
+        return Err(format!("id {} repeated", s.id));
+    }
+    if s.frames.len() != manifest.video_len {
+        return Err(format!(
+            "{} frames, the dataset's windows have {}",
+            s.frames.len(),
+            manifest.video_len
+        ));
+    }
+    let (rgb, mask) = sample_paths(dir, &s.id);
+    if rgb.is_file() && mask.is_file() {
+        Ok(s)
+    } else {
+        Err(format!("sample {}'s files are gone", s.id))
     }
 }
 

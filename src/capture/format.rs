@@ -5,12 +5,18 @@
 //! DIR/index.jsonl          one sample per line, oldest first
 //! DIR/samples/ID.rgb.png   the T encoder crops, RGB 8-bit, S wide and T*S high (frame 0 on top)
 //! DIR/samples/ID.mask.png  their subject masks, grayscale 8-bit, 255 = subject, 0 = not
+//! DIR/samples/ID.json      the sample's index line on its own (the index can be rebuilt)
+//! DIR/next_id              the lowest id never used (ids never restart)
+//! DIR/pins/*.json          windows a training run is reading: rotation keeps them
+//! DIR/quarantine/          what a writer found and could not use: moved here, never deleted
 //! ```
 //!
-//! A sample's files are complete before its index line is appended, and the index is only
-//! ever rewritten through a temporary file and a rename: a crash leaves at worst files that
-//! no line names (ignored by readers, deleted by the next writer) or an incomplete last line
-//! (ignored by readers, dropped by the next writer).
+//! A sample's files (images, then its own metadata) are complete and flushed before its
+//! index line is appended, and the index is only ever rewritten through a temporary file and
+//! a rename: a crash leaves at worst files that no line names or an incomplete last line.
+//! Readers skip both; the next writer puts back into the index every sample whose files and
+//! metadata are whole (so a lost `index.jsonl` is rebuilt from the files) and moves anything
+//! else, with any index line it cannot read, to `quarantine/`. Files are mode 0640.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -31,6 +37,12 @@ pub const MANIFEST: &str = "manifest.json";
 pub const INDEX: &str = "index.jsonl";
 /// The folder of the sample files.
 pub const SAMPLES: &str = "samples";
+/// Where a writer moves what it cannot use.
+pub const QUARANTINE: &str = "quarantine";
+/// The folder of the pins training runs hold.
+pub const PINS: &str = "pins";
+/// The file holding the lowest id never used.
+pub const NEXT_ID: &str = "next_id";
 
 /// `manifest.json`: what every sample of the dataset is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +149,10 @@ pub struct SampleMeta {
     pub frames: Vec<FrameMeta>,
     /// Size of the sample's files together.
     pub bytes: u64,
+    /// SHA-256 of the RGB then the mask file (hex): names the window's content, e.g. in the
+    /// training caches. Absent in samples written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// One frame of a sample.
@@ -182,12 +198,27 @@ pub fn sample_paths(dir: &Path, id: &str) -> (PathBuf, PathBuf) {
     )
 }
 
+/// The metadata file of sample `id` in dataset `dir`.
+pub fn meta_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(SAMPLES).join(format!("{id}.json"))
+}
+
 /// The id a sample file belongs to, when `name` is one of ours.
 pub fn id_of_file(name: &str) -> Option<&str> {
     let id = name
         .strip_suffix(".rgb.png")
-        .or_else(|| name.strip_suffix(".mask.png"))?;
+        .or_else(|| name.strip_suffix(".mask.png"))
+        .or_else(|| name.strip_suffix(".json"))?;
     valid_id(id).then_some(id)
+}
+
+/// The [`SampleMeta::digest`] of a sample's files.
+pub fn digest(rgb: &[u8], mask: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(rgb);
+    h.update(mask);
+    hex::encode(h.finalize())
 }
 
 /// PNG-encodes a window: (RGB frames stacked vertically, masks stacked vertically as 0/255).

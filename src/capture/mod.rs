@@ -9,6 +9,7 @@ mod config;
 mod dataset;
 mod error;
 pub mod format;
+mod pins;
 mod stage;
 mod writer;
 
@@ -16,6 +17,7 @@ pub use config::CaptureConfig;
 pub use dataset::{Dataset, read_manifest};
 pub use error::CaptureError;
 pub use format::{CropSpec, FORMAT, FrameMeta, Manifest, SampleMeta};
+pub use pins::Pin;
 pub use stage::{Capture, CaptureSender, CaptureStats, CapturedWindow};
 pub use writer::{DatasetWriter, WindowRecord, Written};
 

@@ -164,11 +164,11 @@ fn beyond_the_quota_the_oldest_samples_go_and_the_index_stays_consistent() {
         let (rgb, mask) = sample_paths(dir.path(), &format::id_for(old));
         assert!(!rgb.exists() && !mask.exists());
     }
-    // Ids keep increasing across writers.
+    // Ids keep increasing across writers (after the first one's reservation of 1000).
     let mut writer = DatasetWriter::open(dir.path(), &manifest(16), quota).unwrap();
     assert_eq!(
         writer.write(&record(&windows[0], 0)).unwrap().id,
-        format::id_for(10)
+        format::id_for(1000)
     );
 }
 
@@ -209,8 +209,26 @@ fn a_corrupt_sample_is_a_clear_error() {
     );
 }
 
+/// Every file under `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
 #[test]
-fn crash_leftovers_are_skipped_by_readers_and_cleaned_by_the_next_writer() {
+fn crash_leftovers_are_skipped_by_readers_and_quarantined_never_deleted_by_the_next_writer() {
     let dir = tempfile::tempdir().unwrap();
     let mut writer = DatasetWriter::open(dir.path(), &manifest(16), u64::MAX).unwrap();
     for i in 0..3 {
@@ -218,12 +236,12 @@ fn crash_leftovers_are_skipped_by_readers_and_cleaned_by_the_next_writer() {
     }
     drop(writer);
     let samples = dir.path().join("samples");
-    // Sample 1's files are gone, a crash left files of an unindexed sample 9, a temporary
-    // file and half an index line.
+    // Sample 1's image is gone (its mask and metadata stay), a crash left the files of an
+    // unindexed sample 9 without metadata, a temporary file and half an index line.
     let (rgb1, _) = sample_paths(dir.path(), &format::id_for(1));
     std::fs::remove_file(&rgb1).unwrap();
     std::fs::write(samples.join("0000000009.rgb.png"), b"x").unwrap();
-    std::fs::write(samples.join("0000000010.rgb.png.tmp"), b"x").unwrap();
+    std::fs::write(samples.join(".0000000010.rgb.png.tmp"), b"x").unwrap();
     let index = dir.path().join(INDEX);
     let mut text = std::fs::read_to_string(&index).unwrap();
     text.push_str("{\"id\":\"0000000009\",\"cam");
@@ -233,23 +251,127 @@ fn crash_leftovers_are_skipped_by_readers_and_cleaned_by_the_next_writer() {
     let ids: Vec<&str> = dataset.samples().iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, ["0000000000", "0000000002"]);
     assert_eq!(dataset.skipped_lines(), 2);
-    assert_eq!(dataset.orphans().len(), 2, "{:?}", dataset.orphans());
+    assert_eq!(dataset.orphans().len(), 3, "{:?}", dataset.orphans());
 
     let mut writer = DatasetWriter::open(dir.path(), &manifest(16), u64::MAX).unwrap();
     assert_eq!(writer.len(), 2);
-    writer.write(&record(&synthetic(16, 8, 5), 5)).unwrap();
+    // Ids continue after the highest ever handed out (the first writer reserved 0..1000).
+    let written = writer.write(&record(&synthetic(16, 8, 5), 5)).unwrap();
+    assert_eq!(written.id, format::id_for(1000));
     drop(writer);
     let dataset = Dataset::open(dir.path()).unwrap();
     assert_eq!(dataset.skipped_lines(), 0);
     assert!(dataset.orphans().is_empty());
     assert_eq!(dataset.samples().len(), 3);
-    let left: Vec<String> = std::fs::read_dir(&samples)
+    // Nothing the writer could not use was deleted: the files are in quarantine, the two
+    // index lines too; only the temporary file (never complete) is gone.
+    let files = tree(dir.path());
+    for moved in [
+        "quarantine/0000000001.json",
+        "quarantine/0000000001.mask.png",
+        "quarantine/0000000009.rgb.png",
+        "quarantine/index-lines.jsonl",
+    ] {
+        assert!(
+            files.contains(&moved.to_owned()),
+            "{moved} not in {files:?}"
+        );
+    }
+    let lines = std::fs::read_to_string(dir.path().join("quarantine/index-lines.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 2);
+    assert!(lines.contains("\"cam"), "{lines}");
+    assert!(!files.iter().any(|f| f.ends_with(".tmp")), "{files:?}");
+}
+
+#[test]
+fn a_lost_index_is_rebuilt_from_the_samples_and_ids_never_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = DatasetWriter::open(dir.path(), &manifest(16), u64::MAX).unwrap();
+    let mut before = Vec::new();
+    for i in 0..4 {
+        before.push(writer.write(&record(&synthetic(16, 8, i), i)).unwrap().id);
+    }
+    drop(writer);
+    let kept = Dataset::open(dir.path()).unwrap().samples().to_vec();
+    std::fs::remove_file(dir.path().join(INDEX)).unwrap();
+
+    // A reader sees every sample from their own metadata, changing nothing.
+    let dataset = Dataset::open(dir.path()).unwrap();
+    assert_eq!(dataset.samples(), &kept[..]);
+    assert_eq!(dataset.recovered(), 4);
+    assert!(!dir.path().join(INDEX).exists());
+    // The writer writes the index back, deletes nothing, and goes on after the last id,
+    // even with every sample gone and only `next_id` left to say where the ids were.
+    let files = tree(dir.path());
+    let mut writer = DatasetWriter::open(dir.path(), &manifest(16), u64::MAX).unwrap();
+    assert_eq!(writer.len(), 4);
+    for f in &files {
+        assert!(dir.path().join(f).exists(), "{f} was deleted");
+    }
+    assert_eq!(Dataset::open(dir.path()).unwrap().samples(), &kept[..]);
+    // Ids go on after the first writer's reservation (0..1000), never reusing one.
+    let fifth = writer.write(&record(&synthetic(16, 8, 9), 9)).unwrap().id;
+    assert_eq!(fifth, format::id_for(1000));
+    drop(writer);
+    std::fs::remove_dir_all(dir.path().join("samples")).unwrap();
+    std::fs::remove_file(dir.path().join(INDEX)).unwrap();
+    let mut writer = DatasetWriter::open(dir.path(), &manifest(16), u64::MAX).unwrap();
+    assert!(writer.is_empty());
+    let after = writer.write(&record(&synthetic(16, 8, 9), 9)).unwrap().id;
+    assert_eq!(after, format::id_for(2000));
+    assert!(before.iter().chain([&fifth]).all(|id| *id < after));
+}
+
+#[test]
+fn rotation_keeps_the_windows_a_training_run_pinned_and_files_are_0640() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = DatasetWriter::open(dir.path(), &manifest(16), u64::MAX).unwrap();
+    let one = writer
+        .write(&record(&synthetic(16, 8, 0), 0))
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with("000000000") || n.ends_with(".tmp"))
+        .bytes;
+    drop(writer);
+    // A run pins sample 0; the quota holds about three samples.
+    let out = tempfile::tempdir().unwrap();
+    let pin =
+        crate::capture::Pin::hold(dir.path(), out.path(), [format::id_for(0).as_str()]).unwrap();
+    let mut writer = DatasetWriter::open(dir.path(), &manifest(16), one * 3 + one / 2).unwrap();
+    for i in 1..6 {
+        writer.write(&record(&synthetic(16, 8, i), i)).unwrap();
+    }
+    let ids: Vec<String> = Dataset::open(dir.path())
+        .unwrap()
+        .samples()
+        .iter()
+        .map(|s| s.id.clone())
         .collect();
-    assert_eq!(left, Vec::<String>::new());
-    assert!(!samples.join("0000000009.rgb.png").exists());
+    assert_eq!(ids.first(), Some(&format::id_for(0)), "{ids:?}");
+    assert!(!ids.contains(&format::id_for(1)), "{ids:?}");
+    // Released when the run completes: the next rotation may take it.
+    pin.release();
+    for i in 6..9 {
+        writer.write(&record(&synthetic(16, 8, i), i)).unwrap();
+    }
+    let ids: Vec<String> = Dataset::open(dir.path())
+        .unwrap()
+        .samples()
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
+    assert!(!ids.contains(&format::id_for(0)), "{ids:?}");
+    // Images of people are 0640 whatever the umask (0022 here).
+    for f in tree(dir.path())
+        .iter()
+        .filter(|f| f.starts_with("samples/") || f.as_str() == INDEX)
+    {
+        let mode = std::fs::metadata(dir.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o640, "{f}");
+    }
 }
 
 #[test]

@@ -1,9 +1,12 @@
 //! Writing a capture dataset: one writer per folder (a lock file), samples made durable
-//! before the index names them, the oldest samples rotated out beyond the quota.
+//! before the index names them, the oldest samples rotated out beyond the quota (except
+//! those a training run has pinned). A writer never deletes what it cannot read: it moves it
+//! to `quarantine/`.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -12,8 +15,11 @@ use tracing::{info, warn};
 use super::CaptureError;
 use super::dataset::Dataset;
 use super::format::{
-    self, FrameMeta, INDEX, MANIFEST, Manifest, SAMPLES, SampleMeta, id_for, sample_paths,
+    self, FrameMeta, INDEX, MANIFEST, Manifest, NEXT_ID, QUARANTINE, SAMPLES, SampleMeta, id_for,
+    id_of_file, meta_path, sample_paths,
 };
+use super::pins;
+use crate::durable::{self, PRIVATE_MODE};
 use crate::model::preprocess::EncoderCrop;
 use crate::types::BBox;
 
@@ -47,6 +53,9 @@ pub struct DatasetWriter {
     total_bytes: u64,
     quota_bytes: u64,
     next_id: u64,
+    /// Ids below this may have been handed out (`DIR/next_id`): reserved in blocks of
+    /// [`ID_BLOCK`], so the file is written once per block, not per sample.
+    reserved: u64,
     /// Held for the writer's life: `DIR/.lock`, locked exclusively.
     _lock: File,
 }
@@ -54,8 +63,10 @@ pub struct DatasetWriter {
 impl DatasetWriter {
     /// Opens the dataset in `dir` for appending, or creates it with `manifest`. A dataset of
     /// another shape (input size, window length, crop policy) is refused, never changed.
-    /// Leftovers of a crash (temporary files, files no index line names, an incomplete
-    /// last index line) are cleaned up.
+    /// After a crash: temporary files are deleted (never complete), whole samples no index
+    /// line names are put back into the index (a lost index is rebuilt), and what cannot be
+    /// used (index lines, sample files without whole metadata) is moved to `quarantine/`.
+    /// Ids continue after the highest ever used, whatever was lost.
     pub fn open(
         dir: &Path,
         manifest: &Manifest,
@@ -92,13 +103,16 @@ impl DatasetWriter {
                     wanted: manifest.shape(),
                 });
             }
+            quarantine(dir, dataset.bad_lines(), dataset.orphans())?;
             if dataset.index_needs_rewrite() {
                 write_index(dir, dataset.samples())?;
-            }
-            for orphan in dataset.orphans() {
-                if let Err(e) = std::fs::remove_file(orphan) {
-                    warn!(file = %orphan.display(), error = %e, "cannot delete a stray sample file");
-                }
+                info!(
+                    dir = %dir.display(),
+                    samples = dataset.samples().len(),
+                    recovered = dataset.recovered(),
+                    quarantined_lines = dataset.bad_lines().len(),
+                    "capture index rewritten"
+                );
             }
             (found, dataset.samples().to_vec())
         } else {
@@ -108,11 +122,9 @@ impl DatasetWriter {
             write_index(dir, &[])?;
             (manifest.clone(), Vec::new())
         };
-        let next_id = samples
-            .iter()
-            .filter_map(|s| s.id.parse::<u64>().ok())
-            .max()
-            .map_or(0, |n| n + 1);
+        let next_id = next_id(dir, &samples);
+        let reserved = next_id + ID_BLOCK;
+        write_next_id(dir, reserved)?;
         let total_bytes = samples.iter().map(|s| s.bytes).sum();
         Ok(DatasetWriter {
             dir: dir.to_owned(),
@@ -121,6 +133,7 @@ impl DatasetWriter {
             total_bytes,
             quota_bytes,
             next_id,
+            reserved,
             _lock: lock,
         })
     }
@@ -164,11 +177,21 @@ impl DatasetWriter {
             )));
         }
         let (rgb, mask) = format::encode_window(&window.crops, size)?;
+        if self.next_id >= self.reserved {
+            self.reserved = self.next_id + ID_BLOCK;
+            write_next_id(&self.dir, self.reserved)?;
+        }
         let id = id_for(self.next_id);
         let (rgb_path, mask_path) = sample_paths(&self.dir, &id);
+        let meta_path = meta_path(&self.dir, &id);
+        let remove = || {
+            for p in [&rgb_path, &mask_path, &meta_path] {
+                let _ = std::fs::remove_file(p);
+            }
+        };
         write_atomic(&rgb_path, &rgb)?;
         if let Err(e) = write_atomic(&mask_path, &mask) {
-            let _ = std::fs::remove_file(&rgb_path);
+            remove();
             return Err(e);
         }
         self.next_id += 1;
@@ -190,10 +213,11 @@ impl DatasetWriter {
                 })
                 .collect(),
             bytes: (rgb.len() + mask.len()) as u64,
+            digest: Some(format::digest(&rgb, &mask)),
         };
-        if let Err(e) = self.append_index(&sample) {
-            let _ = std::fs::remove_file(&rgb_path);
-            let _ = std::fs::remove_file(&mask_path);
+        let meta = serde_json::to_vec(&sample).expect("a sample serialises");
+        if let Err(e) = write_atomic(&meta_path, &meta).and_then(|()| self.append_index(&sample)) {
+            remove();
             return Err(e);
         }
         self.total_bytes += sample.bytes;
@@ -210,6 +234,7 @@ impl DatasetWriter {
         let mut file = OpenOptions::new()
             .append(true)
             .create(true)
+            .mode(PRIVATE_MODE)
             .open(&path)
             .map_err(CaptureError::io(&path))?;
         file.write_all(&line)
@@ -218,28 +243,47 @@ impl DatasetWriter {
     }
 
     /// Beyond the quota, deletes the oldest samples down to 90% of it (so that the index is
-    /// not rewritten on every write), always keeping the newest. The index is rewritten
-    /// before any file is deleted, so it never names a missing file.
+    /// not rewritten on every write), always keeping the newest and every sample a training
+    /// run has pinned. The index is rewritten before any file is deleted, so it never names a
+    /// missing file.
     fn rotate(&mut self) -> Result<usize, CaptureError> {
         if self.total_bytes <= self.quota_bytes {
             return Ok(0);
         }
+        let pinned = pins::pinned(&self.dir);
         let low = self.quota_bytes / 10 * 9;
         let mut total = self.total_bytes;
-        let mut cut = 0;
-        while total > low && cut + 1 < self.samples.len() {
-            total -= self.samples[cut].bytes;
-            cut += 1;
+        let newest = self.samples.len().saturating_sub(1);
+        let mut gone = HashSet::new();
+        for (i, s) in self.samples.iter().enumerate() {
+            if total <= low || i == newest {
+                break;
+            }
+            if !pinned.contains(&s.id) {
+                total -= s.bytes;
+                gone.insert(s.id.clone());
+            }
         }
-        if cut == 0 {
+        if gone.is_empty() {
+            if !pinned.is_empty() {
+                warn!(
+                    dir = %self.dir.display(),
+                    pinned = pinned.len(),
+                    "capture quota exceeded, but the oldest samples are pinned by a training run"
+                );
+            }
             return Ok(0);
         }
-        let keep: Vec<SampleMeta> = self.samples.iter().skip(cut).cloned().collect();
+        let (old, keep): (Vec<SampleMeta>, Vec<SampleMeta>) =
+            self.samples.drain(..).partition(|s| gone.contains(&s.id));
         write_index(&self.dir, &keep)?;
-        for old in self.samples.drain(..cut) {
-            let (rgb, mask) = sample_paths(&self.dir, &old.id);
-            for p in [rgb, mask] {
-                if let Err(e) = std::fs::remove_file(&p) {
+        self.samples = keep.into();
+        for s in &old {
+            let (rgb, mask) = sample_paths(&self.dir, &s.id);
+            for p in [rgb, mask, meta_path(&self.dir, &s.id)] {
+                if let Err(e) = std::fs::remove_file(&p)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
                     warn!(file = %p.display(), error = %e, "cannot delete a rotated sample file");
                 }
             }
@@ -247,13 +291,80 @@ impl DatasetWriter {
         self.total_bytes = total;
         info!(
             dir = %self.dir.display(),
-            deleted = cut,
+            deleted = old.len(),
             kept = self.samples.len(),
+            pinned = pinned.len(),
             mib = total / (1024 * 1024),
             "capture quota reached: oldest samples deleted"
         );
-        Ok(cut)
+        Ok(old.len())
     }
+}
+
+/// Ids a writer reserves at a time in `DIR/next_id`.
+const ID_BLOCK: u64 = 1000;
+
+/// The first id no sample can have had: after the highest in the index and among the files
+/// (samples and quarantine), and at least the reservation in `DIR/next_id` (so ids skip up
+/// to [`ID_BLOCK`] after a restart, and never restart, even when every sample is lost).
+fn next_id(dir: &Path, samples: &[SampleMeta]) -> u64 {
+    let mut highest: Option<u64> = samples.iter().filter_map(|s| s.id.parse().ok()).max();
+    for sub in [SAMPLES, QUARANTINE] {
+        if let Ok(entries) = std::fs::read_dir(dir.join(sub)) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let id = id_of_file(&name.to_string_lossy()).and_then(|id| id.parse().ok());
+                highest = highest.max(id);
+            }
+        }
+    }
+    let stored = std::fs::read_to_string(dir.join(NEXT_ID))
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    highest.map_or(0, |n| n + 1).max(stored.unwrap_or(0))
+}
+
+fn write_next_id(dir: &Path, next: u64) -> Result<(), CaptureError> {
+    write_atomic(&dir.join(NEXT_ID), format!("{next}\n").as_bytes())
+}
+
+/// Moves what a writer cannot use into `DIR/quarantine/`: index lines (appended to
+/// `index-lines.jsonl`) and sample files. Nothing is deleted.
+fn quarantine(dir: &Path, lines: &[String], files: &[PathBuf]) -> Result<(), CaptureError> {
+    if lines.is_empty() && files.is_empty() {
+        return Ok(());
+    }
+    let q = dir.join(QUARANTINE);
+    std::fs::create_dir_all(&q).map_err(CaptureError::io(&q))?;
+    if !lines.is_empty() {
+        let path = q.join("index-lines.jsonl");
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(PRIVATE_MODE)
+            .open(&path)
+            .map_err(CaptureError::io(&path))?;
+        let mut text = lines.join("\n");
+        text.push('\n');
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(CaptureError::io(&path))?;
+    }
+    for f in files {
+        let Some(name) = f.file_name() else { continue };
+        let to = q.join(name);
+        if let Err(e) = std::fs::rename(f, &to) {
+            warn!(file = %f.display(), error = %e, "cannot move a sample file to quarantine");
+        }
+    }
+    durable::sync_dir(&q).map_err(CaptureError::io(&q))?;
+    warn!(
+        quarantine = %q.display(),
+        lines = lines.len(),
+        files = files.len(),
+        "capture: what could not be used was moved to quarantine (nothing deleted)"
+    );
+    Ok(())
 }
 
 /// Rewrites `DIR/index.jsonl` with `samples`, through a temporary file and a rename.
@@ -266,24 +377,9 @@ fn write_index(dir: &Path, samples: &[SampleMeta]) -> Result<(), CaptureError> {
     write_atomic(&dir.join(INDEX), &text)
 }
 
-/// Writes `bytes` to `path.tmp`, syncs it, renames it over `path` and syncs the folder.
+/// Writes `bytes` durably over `path` (see [`crate::durable`]), mode 0640.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CaptureError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let result = File::create(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(CaptureError::io(path)(e));
-    }
-    if let Some(parent) = path.parent()
-        && let Ok(d) = File::open(parent)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    durable::replace_bytes(path, PRIVATE_MODE, bytes).map_err(CaptureError::io(path))
 }
 
 /// Deletes `*.tmp` files a crash left in `dir`.

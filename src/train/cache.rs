@@ -2,9 +2,11 @@
 //! computed once per window and cached on disk.
 //!
 //! The cache lives under a folder named for the model's weights digest and config
-//! ([`crate::train::served::Served::cache_key`]), one safetensors file per window id, so a
-//! second run (or `--resume`) over the same data never runs the model again, and a different
-//! model never reads stale outputs.
+//! ([`crate::train::served::Served::cache_key`]), one safetensors file per window, named by
+//! the digest of the window's files ([`WindowSource::key`]), so a second run (or `--resume`)
+//! over the same data never runs the model again, a different model never reads stale
+//! outputs, and a capture id reused after a lost dataset never reads another window's. Each
+//! run refreshes the files it uses and removes those no run used for [`PRUNE_AFTER`].
 
 use std::path::{Path, PathBuf};
 
@@ -64,6 +66,9 @@ pub fn compute(
         .collect()
 }
 
+/// Cached outputs no run used for this long are removed.
+pub const PRUNE_AFTER: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+
 /// The on-disk cache of one model's outputs.
 pub struct OutputCache {
     dir: PathBuf,
@@ -94,17 +99,21 @@ impl OutputCache {
         Ok(Self { dir })
     }
 
-    fn read(&self, id: &str, device: &Device) -> Option<Targets> {
-        let path = self.dir.join(file_name(id));
+    fn read(&self, key: &str, device: &Device) -> Option<Targets> {
+        let path = self.dir.join(file_name(key));
         let mut t = candle_core::safetensors::load(&path, device).ok()?;
+        // Used now: kept by the pruning for another PRUNE_AFTER.
+        if let Ok(f) = std::fs::File::options().write(true).open(&path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
         Some(Targets {
             video: t.remove("video")?,
             hint: t.remove("hint")?,
         })
     }
 
-    fn write(&self, id: &str, targets: &Targets) -> anyhow::Result<()> {
-        let path = self.dir.join(file_name(id));
+    fn write(&self, key: &str, targets: &Targets) -> anyhow::Result<()> {
+        let path = self.dir.join(file_name(key));
         let map: std::collections::HashMap<String, Tensor> = [
             ("video".to_owned(), targets.video.clone()),
             ("hint".to_owned(), targets.hint.clone()),
@@ -113,6 +122,35 @@ impl OutputCache {
         crate::train::atomic::write_atomic(&path, |tmp| {
             Ok(candle_core::safetensors::save(&map, tmp)?)
         })
+    }
+
+    /// Removes cached outputs that are not of `used` and were not used for [`PRUNE_AFTER`]
+    /// (windows rotated out of the capture long ago).
+    fn prune(&self, used: &[String]) {
+        let used: std::collections::HashSet<String> = used.iter().map(|k| file_name(k)).collect();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if used.contains(&name) || !name.ends_with(".safetensors") {
+                continue;
+            }
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > PRUNE_AFTER);
+            if stale && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(cache = %self.dir.display(), removed, "stale cached outputs removed");
+        }
     }
 
     /// [`Self::targets`] with a progress bar (when `progress`) and a log line of the time
@@ -147,20 +185,20 @@ impl OutputCache {
         mut progress: impl FnMut(usize),
     ) -> anyhow::Result<Vec<Targets>> {
         let device = model.device();
-        let mut out: Vec<Option<Targets>> = (0..source.len())
-            .map(|i| self.read(source.id(i), device))
-            .collect();
+        let keys: Vec<String> = (0..source.len()).map(|i| source.key(i)).collect();
+        let mut out: Vec<Option<Targets>> = keys.iter().map(|k| self.read(k, device)).collect();
         progress(out.iter().filter(|t| t.is_some()).count());
         let missing: Vec<usize> = (0..source.len()).filter(|i| out[*i].is_none()).collect();
         for chunk in missing.chunks(batch.max(1)) {
             let windows = load_windows(source, chunk)?;
             let computed = compute(model, &windows)?;
             for (&i, targets) in chunk.iter().zip(computed) {
-                self.write(source.id(i), &targets)?;
+                self.write(&keys[i], &targets)?;
                 out[i] = Some(targets);
             }
             progress(chunk.len());
         }
+        self.prune(&keys);
         Ok(out
             .into_iter()
             .map(|t| t.expect("every window filled"))

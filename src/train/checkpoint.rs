@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::data::WindowSource;
 use super::optim::AdamW;
 use super::params::Params;
+use crate::durable::{self, PRIVATE_MODE};
 use crate::train::atomic::write_atomic;
 
 /// What a checkpoint holds besides tensors: the records of every step (`S`) and evaluation
@@ -86,6 +87,7 @@ pub fn read_state<S: DeserializeOwned, E: DeserializeOwned>(
     out: &Path,
     resume: bool,
 ) -> anyhow::Result<Option<RunState<S, E>>> {
+    recover_interrupted_save(out)?;
     let state_path = dir(out).join("state.json");
     if state_path.exists() && !resume {
         bail!(
@@ -105,6 +107,9 @@ pub fn read_state<S: DeserializeOwned, E: DeserializeOwned>(
 }
 
 /// Replaces the checkpoint in `out` with the trainable tensors of `params`, `opt` and `state`.
+/// The new one is complete and flushed to the disk before it replaces the old (folder
+/// renames, each flushed): a crash or power cut at any point leaves one whole checkpoint,
+/// as `checkpoint/` or, between the two renames, `checkpoint.old/` ([`read_state`] takes it).
 pub fn save(
     out: &Path,
     params: &Params,
@@ -116,21 +121,39 @@ pub fn save(
     let old = out.join("checkpoint.old");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    candle_core::safetensors::save(
-        &params.trainable_tensors().into_iter().collect(),
-        tmp.join("params.safetensors"),
-    )?;
-    candle_core::safetensors::save(
-        &opt.state().into_iter().collect(),
-        tmp.join("optimizer.safetensors"),
-    )?;
+    let tensors = tmp.join("params.safetensors");
+    candle_core::safetensors::save(&params.trainable_tensors().into_iter().collect(), &tensors)?;
+    let moments = tmp.join("optimizer.safetensors");
+    candle_core::safetensors::save(&opt.state().into_iter().collect(), &moments)?;
+    for file in [&tensors, &moments] {
+        durable::set_mode(file, PRIVATE_MODE)?;
+        durable::sync_file(file)?;
+    }
     write_json(&tmp.join("state.json"), state)?;
-    let _ = std::fs::remove_dir_all(&old);
+    durable::sync_dir(&tmp)?;
     if dir.exists() {
+        let _ = std::fs::remove_dir_all(&old);
         std::fs::rename(&dir, &old)?;
     }
     std::fs::rename(&tmp, &dir)?;
+    durable::sync_dir(out)?;
     let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// A crash between [`save`]'s two renames leaves the last whole checkpoint as
+/// `checkpoint.old/` and none as `checkpoint/`: put it back.
+fn recover_interrupted_save(out: &Path) -> anyhow::Result<()> {
+    let (dir, old) = (dir(out), out.join("checkpoint.old"));
+    if !dir.exists() && old.join("state.json").is_file() {
+        std::fs::rename(&old, &dir)
+            .with_context(|| format!("restoring {} after a crash", old.display()))?;
+        durable::sync_dir(out)?;
+        tracing::warn!(
+            checkpoint = %dir.display(),
+            "a crash interrupted the last checkpoint: the one before it was restored"
+        );
+    }
     Ok(())
 }
 
@@ -167,4 +190,34 @@ pub fn resume<S, E>(
     opt.restore(&moments, state.step as u64)?;
     tracing::info!(step = state.step, "resumed from checkpoint");
     Ok(Some(state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crash_between_the_renames_leaves_the_previous_checkpoint_to_resume_from() {
+        let out = tempfile::tempdir().unwrap();
+        let state = RunState::<u32, u32> {
+            fingerprint: "f".into(),
+            step: 40,
+            history: vec![1, 2],
+            evals: vec![3],
+            train_seconds: 1.5,
+            windows: vec!["000001".into()],
+        };
+        // What `save` leaves when the power goes after its first rename: the last whole
+        // checkpoint as checkpoint.old, the new one still checkpoint.tmp, no checkpoint/.
+        let old = out.path().join("checkpoint.old");
+        std::fs::create_dir_all(&old).unwrap();
+        write_json(&old.join("state.json"), &state).unwrap();
+        std::fs::create_dir_all(out.path().join("checkpoint.tmp")).unwrap();
+        let found = read_state::<u32, u32>(out.path(), true).unwrap();
+        assert_eq!(found, Some(state));
+        assert!(dir(out.path()).join("state.json").is_file());
+        assert!(!old.exists());
+        // Without --resume the restored checkpoint is refused like any other.
+        assert!(read_state::<u32, u32>(out.path(), false).is_err());
+    }
 }

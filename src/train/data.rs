@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::capture::{Dataset, SampleMeta};
+use crate::capture::{Dataset, Pin, SampleMeta};
 use crate::model::EmotionClipConfig;
 use crate::model::preprocess::EncoderCrop;
 use crate::model::weights::SplitMix64;
@@ -14,8 +14,14 @@ pub trait WindowSource {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// A stable id (the capture sample id): names the window in caches and reports.
+    /// A stable id (the capture sample id): names the window in reports.
     fn id(&self, i: usize) -> &str;
+    /// What names the window's content in caches: a digest of its files where the source
+    /// has one, so an id reused after a dataset was lost never reads another window's
+    /// cached outputs.
+    fn key(&self, i: usize) -> String {
+        self.id(i).to_owned()
+    }
     /// Windows of one group (one person's track) stay on one side of the held-out split,
     /// so the held-out score is measured on people the student never trained on.
     fn group(&self, i: usize) -> String;
@@ -37,6 +43,20 @@ impl CapturedWindows {
 
     fn sample(&self, i: usize) -> &SampleMeta {
         &self.dataset.samples()[i]
+    }
+
+    /// Pins every window for the run writing to `out`, so the daemon's quota rotation keeps
+    /// them while the run (and its `--resume` the next night) reads them; release it when the
+    /// run completes. `None` (logged) when the dataset folder cannot be written.
+    pub fn pin(&self, out: &Path) -> Option<Pin> {
+        let ids = self.dataset.samples().iter().map(|s| s.id.as_str());
+        match Pin::hold(self.dataset.dir(), out, ids) {
+            Ok(pin) => Some(pin),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot pin the windows: the daemon's quota may rotate them out during the run");
+                None
+            }
+        }
     }
 
     /// Checks that the windows are of the size and length `model` (`what`, for the message)
@@ -62,6 +82,17 @@ impl WindowSource for CapturedWindows {
 
     fn id(&self, i: usize) -> &str {
         &self.sample(i).id
+    }
+
+    fn key(&self, i: usize) -> String {
+        let s = self.sample(i);
+        match &s.digest {
+            Some(d) => d.clone(),
+            None => self
+                .dataset
+                .digest(s)
+                .unwrap_or_else(|_| format!("id-{}", s.id)),
+        }
     }
 
     fn group(&self, i: usize) -> String {
@@ -116,6 +147,9 @@ impl WindowSource for Subset<'_> {
     }
     fn id(&self, i: usize) -> &str {
         self.inner.id(self.map[i])
+    }
+    fn key(&self, i: usize) -> String {
+        self.inner.key(self.map[i])
     }
     fn group(&self, i: usize) -> String {
         self.inner.group(self.map[i])

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+
 use tracing::{info, warn};
 
 use super::pairs::{self, PairedWindows};
@@ -294,9 +295,15 @@ pub fn run(args: &AdaptArgs) -> Result<(), AdaptError> {
         stop_after: args.stop_after,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
+    let pin = paired.captured().pin(&args.out);
     match run.execute().map_err(Runtime)? {
         Outcome::Stopped { step } => println!("stopped at step {step}; continue with --resume"),
-        Outcome::Finished(report) => print_summary(&report, &args.out),
+        Outcome::Finished(report) => {
+            if let Some(pin) = pin {
+                pin.release();
+            }
+            print_summary(&report, &args.out);
+        }
     }
     Ok(())
 }

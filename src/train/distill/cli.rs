@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+
 use tracing::info;
 
 use super::Teacher;
@@ -161,11 +162,17 @@ pub fn run(args: &DistillArgs) -> Result<(), DistillError> {
         stop_after: args.stop_after,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
+    let pin = source.pin(&args.out);
     match run.execute().map_err(Runtime)? {
         Outcome::Stopped { step } => {
             println!("stopped at step {step}; continue with --resume");
         }
-        Outcome::Finished(report) => print_summary(&report, &args.out),
+        Outcome::Finished(report) => {
+            if let Some(pin) = pin {
+                pin.release();
+            }
+            print_summary(&report, &args.out);
+        }
     }
     Ok(())
 }
