@@ -264,8 +264,8 @@ async fn publishing_never_blocks_when_the_broker_is_unreachable() {
     let stats = publisher.stats();
     assert_eq!(stats.accepted, 1000);
     assert_eq!(stats.dropped, 900);
-    // `online` plus the newest 100 results.
-    assert_eq!(stats.queued, 101);
+    // `online`, the outbox status and the newest 100 results.
+    assert_eq!(stats.queued, 102);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         publisher.stats().connection_errors >= 2,
@@ -291,7 +291,7 @@ async fn throughput_and_shutdown_flush_against_mosquitto() {
     }
     let enqueue = start.elapsed();
     tokio::time::timeout(WAIT, async {
-        while publisher.stats().acked < n + 1 {
+        while publisher.stats().acked < n + 2 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     })
@@ -311,7 +311,8 @@ async fn throughput_and_shutdown_flush_against_mosquitto() {
     let report = publisher.shutdown(Duration::from_secs(5)).await;
     eprintln!("shutdown with 1000 queued: {report}");
     assert!(report.flushed && report.disconnected, "{report}");
-    assert_eq!(publisher.stats().acked, n + 1 + 1000 + 1);
+    // `online`, the outbox status, the results and `offline`.
+    assert_eq!(publisher.stats().acked, 2 + n + 1000 + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,8 +548,9 @@ async fn messages_in_flight_when_the_broker_dies_are_sent_again() {
     .await
     .expect("everything acknowledged after the restart");
     let stats = publisher.stats();
-    // Each result acknowledged exactly once (plus one `online` per connect): the books balance.
-    assert_eq!(stats.acked, n + stats.connects, "{stats:?}");
+    // Each result acknowledged exactly once (plus `online` and the outbox status per connect):
+    // the books balance.
+    assert_eq!(stats.acked, n + 2 * stats.connects, "{stats:?}");
     assert_eq!(stats.dropped, 0);
     assert!(publisher.shutdown(Duration::from_secs(5)).await.flushed);
 }
@@ -582,10 +584,10 @@ async fn results_at_qos_0_and_2_are_delivered_and_accounted() {
         let report = publisher.shutdown(Duration::from_secs(5)).await;
         assert!(report.flushed && report.disconnected, "qos {qos}: {report}");
         let stats = publisher.stats();
-        // 200 results, `online` and `offline`.
+        // 200 results, `online`, the outbox status and `offline`.
         assert_eq!(
             (stats.acked, stats.in_flight),
-            (202, 0),
+            (203, 0),
             "qos {qos}: {stats:?}"
         );
         let got = sub.messages().iter().filter(|m| m.topic == topic).count();

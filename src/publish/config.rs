@@ -40,9 +40,21 @@ pub struct MqttConfig {
     /// Seconds between camera status messages (also sent on every state change).
     #[serde(default = "default_status_interval_s")]
     pub status_interval_s: f64,
-    /// Messages held while the broker is unreachable; the oldest results are dropped past it.
+    /// Results held while the broker is unreachable; the oldest results are dropped past it
+    /// (counted, on `<prefix>/<node>/outbox`). With `outbox = "disk"` it also bounds the spool.
     #[serde(default = "default_outbox_capacity")]
     pub outbox_capacity: usize,
+    /// Where results wait for the broker: `memory` (lost when the process ends; the default,
+    /// for demos and tests) or `disk` (a spool in `outbox_dir`, replayed at start; the shipped
+    /// service config).
+    #[serde(default)]
+    pub outbox: OutboxMode,
+    /// Folder of the disk outbox's spool and of the `seq` counter. Default:
+    /// `$STATE_DIRECTORY/outbox` (systemd's `StateDirectory=`, `/var/lib/affectd/outbox`);
+    /// required with `outbox = "disk"` when that is not set. With the memory outbox and no
+    /// folder, `seq` starts at 1 on every start.
+    #[serde(default)]
+    pub outbox_dir: Option<PathBuf>,
     /// Upper bound of the reconnect delay, in seconds.
     #[serde(default = "default_reconnect_max_s")]
     pub reconnect_max_s: f64,
@@ -50,6 +62,25 @@ pub struct MqttConfig {
     /// receive limit (mosquitto: `max_inflight_messages`, 20), above it mosquitto drops QoS 2.
     #[serde(default = "default_max_inflight")]
     pub max_inflight: u16,
+    /// Home Assistant MQTT discovery: per camera, retained sensor configs (people in view,
+    /// dominant emotion, mean valence and arousal) and a retained state topic; configs of
+    /// cameras no longer configured are removed at connect.
+    #[serde(default)]
+    pub home_assistant: bool,
+    /// First level of the discovery topics (Home Assistant's `discovery_prefix`).
+    #[serde(default = "default_home_assistant_prefix")]
+    pub home_assistant_prefix: String,
+}
+
+/// `[mqtt] outbox`: where results wait for the broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboxMode {
+    /// In memory: a crash, kill or restart loses what waits.
+    #[default]
+    Memory,
+    /// In a spool file, written before a result goes to the broker, replayed at start.
+    Disk,
 }
 
 /// `[mqtt.tls]`
@@ -75,6 +106,7 @@ impl MqttConfig {
             }
         };
         fix(&mut self.password_file);
+        fix(&mut self.outbox_dir);
         if let Some(tls) = &mut self.tls {
             fix(&mut tls.ca_file);
             fix(&mut tls.client_cert_file);
@@ -95,19 +127,11 @@ impl MqttConfig {
         if let Some(id) = &self.client_id {
             validate_id(&format!("{key}.client_id"), id)?;
         }
-        if self.topic_prefix.is_empty()
-            || self.topic_prefix.contains(['+', '#'])
-            || self.topic_prefix.starts_with('/')
-            || self.topic_prefix.ends_with('/')
-        {
-            return Err(ConfigError::invalid(
-                format!("{key}.topic_prefix"),
-                format!(
-                    "\"{}\" must be non-empty, without '+', '#' or a leading/trailing '/'",
-                    self.topic_prefix
-                ),
-            ));
-        }
+        check_prefix(&format!("{key}.topic_prefix"), &self.topic_prefix)?;
+        check_prefix(
+            &format!("{key}.home_assistant_prefix"),
+            &self.home_assistant_prefix,
+        )?;
         check_range(&format!("{key}.keep_alive_s"), self.keep_alive_s, 5, 3600)?;
         check_range(&format!("{key}.qos"), self.qos, 0, 2)?;
         check_range(
@@ -129,6 +153,7 @@ impl MqttConfig {
             3600.0,
         )?;
         check_range(&format!("{key}.max_inflight"), self.max_inflight, 1, 1000)?;
+        self.outbox_folder(key)?;
         if self.password_file.is_some() && self.username.is_none() {
             return Err(ConfigError::invalid(
                 format!("{key}.password_file"),
@@ -145,6 +170,26 @@ impl MqttConfig {
             }
         }
         Ok(())
+    }
+
+    /// The outbox folder: `outbox_dir`, else `$STATE_DIRECTORY/outbox` (the first folder
+    /// systemd lists). `None` when neither is set; an error naming `<key>.outbox_dir` when the
+    /// disk outbox has no folder.
+    pub fn outbox_folder(&self, key: &str) -> Result<Option<PathBuf>, ConfigError> {
+        let from_env = || {
+            std::env::var_os("STATE_DIRECTORY")
+                .and_then(|v| std::env::split_paths(&v).next())
+                .filter(|p| p.is_absolute())
+                .map(|p| p.join("outbox"))
+        };
+        let dir = self.outbox_dir.clone().or_else(from_env);
+        if dir.is_none() && self.outbox == OutboxMode::Disk {
+            return Err(ConfigError::invalid(
+                format!("{key}.outbox_dir"),
+                "is required with outbox = \"disk\" when STATE_DIRECTORY is not set",
+            ));
+        }
+        Ok(dir)
     }
 
     /// The client id actually used.
@@ -169,10 +214,29 @@ impl Default for MqttConfig {
             qos: default_qos(),
             status_interval_s: default_status_interval_s(),
             outbox_capacity: default_outbox_capacity(),
+            outbox: OutboxMode::default(),
+            outbox_dir: None,
             reconnect_max_s: default_reconnect_max_s(),
             max_inflight: default_max_inflight(),
+            home_assistant: false,
+            home_assistant_prefix: default_home_assistant_prefix(),
         }
     }
+}
+
+/// A topic prefix: non-empty, no wildcard, no leading or trailing `/`.
+fn check_prefix(key: &str, prefix: &str) -> Result<(), ConfigError> {
+    if prefix.is_empty()
+        || prefix.contains(['+', '#', '\0'])
+        || prefix.starts_with('/')
+        || prefix.ends_with('/')
+    {
+        return Err(ConfigError::invalid(
+            key,
+            format!("\"{prefix}\" must be non-empty, without '+', '#' or a leading/trailing '/'"),
+        ));
+    }
+    Ok(())
 }
 
 fn default_host() -> String {
@@ -201,4 +265,7 @@ const fn default_reconnect_max_s() -> f64 {
 }
 const fn default_max_inflight() -> u16 {
     20
+}
+fn default_home_assistant_prefix() -> String {
+    "homeassistant".to_owned()
 }

@@ -1,15 +1,22 @@
 //! The event-loop task: the one place rumqttc's [`EventLoop`] is polled. It never exits on an
 //! error: a failed connect or a broken connection is logged (rate-limited), and polling goes on
-//! after a backoff, which reconnects.
+//! after a backoff, which reconnects. It beats its heartbeat ([`Publisher::beat`], stage `mqtt`)
+//! on every event and every second while it waits, so a task that ended or a runtime that no
+//! longer runs it stops the systemd watchdog.
+//!
+//! [`Publisher::beat`]: super::Publisher::beat
 
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-use rumqttc::{ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet};
+use rumqttc::{
+    ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet, PubAck, PubComp, PubRec,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::flow::{LOG_EVERY, Shared};
 use crate::backoff::Backoff;
+use crate::health::Beat;
 
 /// First delay after a failed connect; doubled per failure up to `reconnect_max_s`.
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -19,14 +26,19 @@ const BACKOFF_JITTER: f64 = 0.25;
 /// A connection that lasted this long resets the backoff when it breaks.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
+/// How often the task beats while it waits (a poll that has nothing yet, a reconnect delay).
+const IDLE_BEAT: Duration = Duration::from_secs(1);
+
 /// Polls forever, reconnecting with a capped exponential backoff, until shutdown sent
-/// DISCONNECT, `stop` is cancelled or the last handle is gone.
+/// DISCONNECT, `stop` is cancelled or the last handle is gone. Beats `beat` on every event
+/// and every [`IDLE_BEAT`] while it waits (the pending poll is kept, never restarted).
 pub(super) async fn run(
     shared: Weak<Shared>,
     stop: CancellationToken,
     mut eventloop: EventLoop,
     reconnect_max: Duration,
     broker: String,
+    beat: Beat,
 ) {
     let mut backoff =
         Backoff::new(BACKOFF_START.min(reconnect_max), reconnect_max).jitter(BACKOFF_JITTER);
@@ -35,11 +47,21 @@ pub(super) async fn run(
         ..ErrorLog::default()
     };
     let mut connected_at: Option<Instant> = None;
-    loop {
-        let polled = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            polled = eventloop.poll() => polled,
+    let mut idle = tokio::time::interval(IDLE_BEAT);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    'events: loop {
+        beat.beat();
+        let polled = {
+            let poll = eventloop.poll();
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break 'events,
+                    polled = &mut poll => break polled,
+                    _ = idle.tick() => beat.beat(),
+                }
+            }
         };
         let Some(shared) = shared.upgrade() else {
             break;
@@ -50,9 +72,14 @@ pub(super) async fn run(
                 connected_at = Some(Instant::now());
                 shared.on_connect();
             }
-            Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => shared.acknowledged(),
-            // QoS 0 is done once written.
-            Ok(Event::Outgoing(Outgoing::Publish(0))) => shared.acknowledged(),
+            Ok(Event::Incoming(Packet::PubAck(PubAck { pkid, .. })))
+            | Ok(Event::Incoming(Packet::PubComp(PubComp { pkid, .. }))) => {
+                shared.acknowledged(pkid)
+            }
+            Ok(Event::Incoming(Packet::PubRec(PubRec { pkid, .. }))) => shared.received(pkid),
+            Ok(Event::Incoming(Packet::Publish(publish))) => shared.incoming(publish),
+            // Pairs a message handed over with its packet id (QoS 0: done once written).
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => shared.numbered(pkid),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 if shared.on_disconnect_sent() {
                     break;
@@ -70,9 +97,14 @@ pub(super) async fn run(
                 }
                 let delay = backoff.next_delay();
                 errors.failed(&e, delay);
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
+                let retry = tokio::time::sleep(delay);
+                tokio::pin!(retry);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break 'events,
+                        () = &mut retry => break,
+                        _ = idle.tick() => beat.beat(),
+                    }
                 }
             }
         }

@@ -8,15 +8,24 @@
 //! message whose PUBACK was lost is sent twice). Nothing is handed over while disconnected, so
 //! results published during an outage wait in the outbox, bounded by `outbox_capacity`
 //! (oldest dropped and counted), and go out after the reconnect.
+//!
+//! Which message an acknowledgement is for: rumqttc numbers publishes (packet ids) in the
+//! order they were handed over and reports each as `Outgoing::Publish(pkid)` in that order, so
+//! a FIFO of what was handed over ([`Link::handed`]) pairs each with its packet id
+//! ([`Link::sent`]); the PUBACK (QoS 1), PUBREC/PUBCOMP (QoS 2) or the write itself (QoS 0)
+//! then says which message the broker has, and the outbox deletes it from the spool. What a
+//! broken connection leaves unacknowledged is taken back from these copies, in hand-over order.
 
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use rumqttc::{AsyncClient, ConnectionError, EventLoop, QoS, Request};
+use rumqttc::{AsyncClient, ConnectionError, EventLoop, QoS};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::inbox::Subscriptions;
 use super::outbox::{Message, Outbox};
 use super::publisher::{MAX_PACKET_BYTES, PublishError, Stats};
 use super::topics::{Topics, topic_problem};
@@ -52,9 +61,18 @@ pub(super) struct Link {
     pub(super) closing: bool,
     /// Handed to rumqttc, not yet acknowledged or taken back.
     pub(super) in_flight: usize,
+    /// Handed to rumqttc, not yet numbered (`Outgoing::Publish` not yet seen), oldest first.
+    handed: VecDeque<Message>,
+    /// Numbered by rumqttc, not yet acknowledged: packet id -> (hand-over number, message,
+    /// PUBREC received).
+    sent: HashMap<u16, (u64, Message, bool)>,
+    /// Hand-overs so far: orders [`Link::sent`] when a connection breaks.
+    handovers: u64,
     /// The event loop wrote our DISCONNECT.
     pub(super) disconnect_sent: bool,
     pub(super) last_error: Option<String>,
+    /// Topic filters subscribed to on every connect.
+    pub(super) subscriptions: Subscriptions,
     /// When a drop was last logged.
     drop_logged: Option<Instant>,
     pub(super) stats: Stats,
@@ -74,8 +92,12 @@ impl Link {
             connected: false,
             closing: false,
             in_flight: 0,
+            handed: VecDeque::new(),
+            sent: HashMap::new(),
+            handovers: 0,
             disconnect_sent: false,
             last_error: None,
+            subscriptions: Subscriptions::default(),
             drop_logged: None,
             stats: Stats::default(),
         }
@@ -124,35 +146,74 @@ impl Shared {
             let Some(message) = link.outbox.pop() else {
                 break;
             };
+            let copy = message.clone();
             let Message {
                 topic,
                 payload,
                 qos,
                 retain,
+                ..
             } = message;
             match self.client.try_publish(topic, qos, retain, payload) {
                 Ok(()) => {
                     link.in_flight += 1;
                     link.stats.sent += 1;
+                    link.handed.push_back(copy);
                 }
-                Err(e) => {
+                Err(_) => {
                     // Only possible if the event loop is gone or its channel is full.
-                    if let Some(message) = message_of(request_of(e)) {
-                        link.outbox.unpop(message);
-                    }
+                    link.outbox.unpop(copy);
                     break;
                 }
             }
         }
     }
 
-    pub(super) fn acknowledged(&self) {
+    /// rumqttc wrote (or is writing) the oldest message handed over, as packet `pkid`.
+    pub(super) fn numbered(&self, pkid: u16) {
         let mut link = self.link.lock();
-        link.in_flight = link.in_flight.saturating_sub(1);
-        link.stats.acked += 1;
-        self.pump(&mut link);
+        let Some(message) = link.handed.pop_front() else {
+            tracing::debug!(pkid, "publish written that was not handed over");
+            return;
+        };
+        if message.qos == QoS::AtMostOnce {
+            // QoS 0 is done once written.
+            self.complete(&mut link, &message);
+        } else {
+            link.handovers += 1;
+            let order = link.handovers;
+            link.sent.insert(pkid, (order, message, false));
+            return;
+        }
         drop(link);
         self.progress.send_replace(());
+    }
+
+    /// The broker acknowledged packet `pkid` (PUBACK, or PUBCOMP for QoS 2).
+    pub(super) fn acknowledged(&self, pkid: u16) {
+        let mut link = self.link.lock();
+        let Some((_, message, _)) = link.sent.remove(&pkid) else {
+            tracing::debug!(pkid, "acknowledgement of no message in flight");
+            return;
+        };
+        self.complete(&mut link, &message);
+        drop(link);
+        self.progress.send_replace(());
+    }
+
+    /// The broker has QoS 2 packet `pkid` (PUBREC): should the connection break before
+    /// PUBCOMP, it counts as delivered.
+    pub(super) fn received(&self, pkid: u16) {
+        if let Some(entry) = self.link.lock().sent.get_mut(&pkid) {
+            entry.2 = true;
+        }
+    }
+
+    fn complete(&self, link: &mut Link, message: &Message) {
+        link.in_flight = link.in_flight.saturating_sub(1);
+        link.stats.acked += 1;
+        link.outbox.acknowledged(message);
+        self.pump(link);
     }
 
     pub(super) fn on_connect(&self) {
@@ -161,6 +222,7 @@ impl Shared {
         link.last_error = None;
         link.stats.connects += 1;
         link.outbox.on_connect();
+        link.subscriptions.on_connect(&self.client);
         self.pump(&mut link);
         drop(link);
         self.connected.send_replace(true);
@@ -168,30 +230,45 @@ impl Shared {
         self.progress.send_replace(());
     }
 
+    /// A message arrived on a subscribed topic.
+    pub(super) fn incoming(&self, publish: rumqttc::Publish) {
+        self.link.lock().subscriptions.deliver(publish);
+    }
+
     /// The connection broke or could not be made: take back what rumqttc still holds.
     pub(super) fn on_connection_error(&self, eventloop: &mut EventLoop, error: &ConnectionError) {
         let mut link = self.link.lock();
         link.connected = false;
-        // Under the lock nobody hands over more; drain rumqttc's channel and unacked state.
+        // Under the lock nobody hands over more. rumqttc's copies (its unacknowledged state,
+        // its channel) are dropped: ours say what to send again, in order. Acknowledgements
+        // read before the error are still honoured; other buffered events are stale.
         eventloop.clean();
-        let mut held = Vec::new();
-        let mut taken_back = 0;
-        for request in eventloop.pending.drain(..) {
-            match request {
-                Request::Publish(_) => {
-                    held.extend(message_of(request));
-                    taken_back += 1;
-                }
-                // QoS 2 past PUBREC: the broker has the message; the new session cannot finish
-                // the handshake, so count it as done.
-                Request::PubRel(_) => {
-                    taken_back += 1;
-                    link.stats.acked += 1;
-                }
-                _ => {}
+        eventloop.pending.clear();
+        for event in std::mem::take(&mut eventloop.state.events) {
+            if let rumqttc::Event::Incoming(
+                rumqttc::Packet::PubAck(rumqttc::PubAck { pkid, .. })
+                | rumqttc::Packet::PubComp(rumqttc::PubComp { pkid, .. }),
+            ) = event
+                && let Some((_, message, _)) = link.sent.remove(&pkid)
+            {
+                self.complete(&mut link, &message);
             }
         }
-        link.in_flight = link.in_flight.saturating_sub(taken_back);
+        let mut numbered: Vec<(u64, Message, bool)> = link.sent.drain().map(|(_, e)| e).collect();
+        numbered.sort_by_key(|e| e.0);
+        let mut held = Vec::new();
+        for (_, message, received) in numbered {
+            if received {
+                // QoS 2 past PUBREC: the broker has the message; the new session cannot finish
+                // the handshake, so count it as done.
+                link.stats.acked += 1;
+                link.outbox.acknowledged(&message);
+            } else {
+                held.push(message);
+            }
+        }
+        held.extend(link.handed.drain(..));
+        link.in_flight = 0;
         let requeued = link.outbox.requeue(held);
         link.stats.requeued += requeued as u64;
         link.stats.connection_errors += 1;
@@ -225,24 +302,5 @@ impl Shared {
         self.closing.cancel();
         self.connected.send_replace(false);
         self.progress.send_replace(());
-    }
-}
-
-fn message_of(request: Request) -> Option<Message> {
-    match request {
-        Request::Publish(p) => Some(Message {
-            topic: p.topic,
-            payload: p.payload.to_vec(),
-            qos: p.qos,
-            retain: p.retain,
-        }),
-        _ => None,
-    }
-}
-
-/// The request a failed `try_publish` hands back.
-fn request_of(error: rumqttc::ClientError) -> Request {
-    match error {
-        rumqttc::ClientError::Request(r) | rumqttc::ClientError::TryRequest(r) => r,
     }
 }

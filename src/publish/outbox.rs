@@ -1,14 +1,26 @@
 //! What waits to be handed to the MQTT client.
 //!
+//! In: state and results from the `Publisher`; acknowledgements from `flow.rs`. Out: the next
+//! message to hand over ([`Outbox::pop`]); with the disk outbox, spool operations to the
+//! writer thread (`spool.rs`). Owns: both queues, `seq` (the per-node result counter).
+//!
 //! Two queues: retained *state* (node and camera status) and *results*. State goes first, is
 //! coalesced per topic (only the latest value of a topic is worth sending) and is remembered, so
 //! that every reconnect sends it again: the broker may have restarted without persistence and
-//! lost its retained messages. Results are bounded: when full, the oldest result is dropped and
-//! counted, so a dead broker costs bounded memory and the newest results win.
+//! lost its retained messages. Results are bounded (`outbox_capacity`): when full, the oldest
+//! result is dropped and counted, so a dead broker costs bounded memory (and spool) and the
+//! newest results win.
+//!
+//! Every result gets the next `seq` ([`Outbox::take_seq`]). With a spool (`outbox = "disk"`)
+//! each result is put in the spool when queued, deleted when acknowledged or dropped, and
+//! [`Outbox::pop`] hands out a result only once the commit holding it has returned
+//! ([`Outbox::set_durable`]): nothing reaches the broker that a crash could lose from disk.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use rumqttc::QoS;
+
+use super::spool::{self, Op, SeqFile, Writer};
 
 /// One message on its way to the broker.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +29,8 @@ pub(crate) struct Message {
     pub payload: Vec<u8>,
     pub qos: QoS,
     pub retain: bool,
+    /// A result's number (its spool key); `None` for retained state.
+    pub seq: Option<u64>,
 }
 
 /// Distinct retained-state topics remembered at most (cameras are far fewer).
@@ -36,6 +50,14 @@ pub(crate) struct Outbox {
     pub dropped_results: u64,
     /// State updates refused because too many distinct state topics exist.
     pub dropped_state: u64,
+    /// The `seq` of the next result.
+    next_seq: u64,
+    /// Where `seq` survives a restart (absent: no state folder, `seq` starts at 1 each run).
+    seq_file: Option<SeqFile>,
+    /// The spool's writer (`outbox = "disk"`).
+    spool: Option<Writer>,
+    /// Results up to this `seq` are on disk and may be handed over (`u64::MAX` without spool).
+    durable: u64,
 }
 
 impl Outbox {
@@ -49,18 +71,113 @@ impl Outbox {
             capacity,
             dropped_results: 0,
             dropped_state: 0,
+            next_seq: 1,
+            seq_file: None,
+            spool: None,
+            durable: u64::MAX,
         }
     }
 
-    /// Queues a result; drops (and counts) the oldest one when full. True when one was dropped.
+    /// `seq` continues from `next` and is kept in `file`.
+    pub fn with_seq(mut self, next: u64, file: Option<SeqFile>) -> Self {
+        self.next_seq = next.max(1);
+        self.seq_file = file;
+        self
+    }
+
+    /// Results go through `spool` from now on; `replay` (found in it at start, oldest first,
+    /// already on disk) is queued ahead of every later result, sent at `qos`. Beyond
+    /// `capacity` the oldest are dropped.
+    pub fn attach_spool(&mut self, spool: Writer, replay: Vec<spool::Spooled>, qos: QoS) {
+        self.durable = self.next_seq.saturating_sub(1);
+        self.spool = Some(spool);
+        for s in replay.into_iter().rev() {
+            self.durable = self.durable.max(s.seq);
+            let message = Message {
+                topic: s.topic,
+                payload: s.payload,
+                qos,
+                retain: false,
+                seq: Some(s.seq),
+            };
+            if self.results.len() >= self.capacity {
+                self.forget(&message);
+            } else {
+                self.results.push_front(message);
+            }
+        }
+    }
+
+    /// The next result's number; numbers are never reused.
+    pub fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(file) = &mut self.seq_file {
+            file.cover(seq);
+        }
+        seq
+    }
+
+    /// The `seq` the next result will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Queues a result numbered by [`Outbox::take_seq`] (spooled when there is a spool); drops
+    /// (and counts) the oldest one when full. True when one was dropped.
     pub fn push_result(&mut self, message: Message) -> bool {
+        if let (Some(spool), Some(seq)) = (&self.spool, message.seq) {
+            spool.send(Op::Put(
+                seq,
+                spool::encode(&message.topic, &message.payload),
+            ));
+        }
+        self.enqueue(message)
+    }
+
+    fn enqueue(&mut self, message: Message) -> bool {
         let dropped = self.results.len() >= self.capacity;
-        if dropped {
-            self.results.pop_front();
-            self.dropped_results += 1;
+        if dropped && let Some(old) = self.results.pop_front() {
+            self.forget(&old);
         }
         self.results.push_back(message);
         dropped
+    }
+
+    /// A result dropped for lack of room: counted, deleted from the spool.
+    fn forget(&mut self, message: &Message) {
+        self.dropped_results += 1;
+        if let (Some(spool), Some(seq)) = (&self.spool, message.seq) {
+            spool.send(Op::Dropped(seq));
+        }
+    }
+
+    /// The broker has `message`: it leaves the spool.
+    pub fn acknowledged(&mut self, message: &Message) {
+        if let (Some(spool), Some(seq), false) = (&self.spool, message.seq, message.retain) {
+            spool.send(Op::Acked(seq));
+        }
+    }
+
+    /// Results up to `seq` are on disk: they may be handed over.
+    pub fn set_durable(&mut self, seq: u64) {
+        self.durable = self.durable.max(seq);
+    }
+
+    /// The spool's commit counters, with a spool.
+    pub fn spool_counters(&self) -> Option<&spool::SpoolCounters> {
+        self.spool.as_ref().map(|w| &*w.counters)
+    }
+
+    /// Shutdown: records the exact next `seq` and hands over the spool's writer, to be closed
+    /// without the publisher's lock (its last commit reports back under that lock). Later
+    /// results are not spooled.
+    pub fn close(&mut self) -> Option<Writer> {
+        let next = self.next_seq;
+        if let Some(file) = &mut self.seq_file {
+            file.finish(next);
+        }
+        self.spool.take()
     }
 
     /// Records the latest retained state of `topic` and queues it (QoS 1), replacing an older
@@ -79,9 +196,21 @@ impl Outbox {
         true
     }
 
-    /// The next message to hand to the client: state before results.
+    /// The next message to hand to the client: state before results; a result only once it is
+    /// on disk (with a spool).
     pub fn pop(&mut self) -> Option<Message> {
-        self.state.pop_front().or_else(|| self.results.pop_front())
+        if let Some(state) = self.state.pop_front() {
+            return Some(state);
+        }
+        let durable = self.durable;
+        if self
+            .results
+            .front()
+            .is_some_and(|m| m.seq.is_some_and(|s| s > durable))
+        {
+            return None;
+        }
+        self.results.pop_front()
     }
 
     /// Puts back a message that `pop` returned but could not be handed over.
@@ -108,7 +237,7 @@ impl Outbox {
             }
             if self.results.len() >= self.capacity {
                 // The message in hand is older than everything queued: it is the one to drop.
-                self.dropped_results += 1;
+                self.forget(&message);
                 continue;
             }
             self.results.push_front(message);
@@ -149,6 +278,7 @@ fn state_message(topic: String, payload: Vec<u8>) -> Message {
         payload,
         qos: QoS::AtLeastOnce,
         retain: true,
+        seq: None,
     }
 }
 
@@ -162,6 +292,7 @@ mod tests {
             payload: i.to_string().into_bytes(),
             qos: QoS::AtLeastOnce,
             retain: false,
+            seq: None,
         }
     }
 
@@ -256,6 +387,37 @@ mod tests {
         let r = o.pop().unwrap();
         o.unpop(r);
         assert_eq!(o.pop().unwrap().payload, b"1");
+    }
+
+    #[test]
+    fn with_a_spool_replay_goes_first_and_results_wait_for_their_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = spool::Spool::open(dir.path())
+            .unwrap()
+            .spawn_writer(Default::default(), |_| {})
+            .unwrap();
+        let mut o = Outbox::new(10, "n/status".into()).with_seq(5, None);
+        let replay = (3..5)
+            .map(|seq| spool::Spooled {
+                seq,
+                topic: "r".into(),
+                payload: seq.to_string().into_bytes(),
+            })
+            .collect();
+        o.attach_spool(writer, replay, QoS::ExactlyOnce);
+        let seq = o.take_seq();
+        assert_eq!(seq, 5);
+        o.push_result(Message {
+            seq: Some(seq),
+            ..result(5)
+        });
+        let first = o.pop().unwrap();
+        assert_eq!((first.seq, first.qos), (Some(3), QoS::ExactlyOnce));
+        assert_eq!(o.pop().unwrap().seq, Some(4));
+        assert!(o.pop().is_none(), "5 is not on disk yet");
+        o.set_durable(5);
+        assert_eq!(o.pop().unwrap().payload, b"5");
+        assert_eq!(o.next_seq(), 6);
     }
 
     #[test]

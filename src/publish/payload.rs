@@ -1,6 +1,7 @@
 //! The JSON messages affectd publishes, versioned by their `schema` field.
 //!
 //! The JSON Schemas in `schemas/` are the contract; tests validate these types against them.
+//! `CHANGELOG.md` records every change of a message format.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -12,16 +13,21 @@ use crate::readout::ReadoutSource;
 use crate::results::SpanEvent;
 use crate::types::{BBox, rfc3339};
 
-/// `schema` of [`PersonMessage`].
-pub const PERSON_SCHEMA: &str = "affectd.person/1";
-/// `schema` of [`TrackEvent`].
-pub const TRACK_SCHEMA: &str = "affectd.track/1";
+/// `schema` of [`PersonMessage`] (`schemas/person.v2.schema.json`).
+pub const PERSON_SCHEMA: &str = "affectd.person/2";
+/// `schema` of [`TrackEvent`] (`schemas/track.v2.schema.json`).
+pub const TRACK_SCHEMA: &str = "affectd.track/2";
 
 /// A tracked person's affect after a window update:
 /// `<prefix>/<node>/<camera>/person/<track_id>`.
 #[derive(Debug, Clone, Serialize)]
 pub struct PersonMessage {
     pub schema: &'static str,
+    /// The node's result counter (person and track messages share it): one more per message,
+    /// never reused, across restarts. Set when the message is queued; `None` (absent) in the
+    /// copies `/api/tracks` lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     pub node: String,
     pub camera: String,
     pub track_id: u64,
@@ -64,6 +70,8 @@ impl WindowSpan {
 #[derive(Debug, Clone, Serialize)]
 pub struct TrackEvent {
     pub schema: &'static str,
+    /// The node's result counter, as in [`PersonMessage::seq`].
+    pub seq: u64,
     pub node: String,
     pub camera: String,
     pub track_id: u64,
@@ -103,6 +111,7 @@ pub(crate) mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
         PersonMessage {
             schema: PERSON_SCHEMA,
+            seq: Some(17),
             node: "demo".into(),
             camera: "walkway".into(),
             track_id: 3,
@@ -125,7 +134,7 @@ pub(crate) mod tests {
 
     #[test]
     fn person_message_matches_its_schema() {
-        let v = validator("person.v1.schema.json");
+        let v = validator("person.v2.schema.json");
         let json = serde_json::to_value(person()).unwrap();
         assert!(v.is_valid(&json), "{:?}", v.validate(&json).err());
         assert_eq!(json["box"][3], 1.0, "clamped to the frame");
@@ -143,17 +152,24 @@ pub(crate) mod tests {
         let mut bad = json.clone();
         bad["valence"] = 1.5.into();
         assert!(!v.is_valid(&bad));
-        let mut extra = json;
+        let mut extra = json.clone();
         extra["unknown"] = 1.into();
         assert!(!v.is_valid(&extra));
+        let mut unnumbered = json.clone();
+        unnumbered.as_object_mut().unwrap().remove("seq");
+        assert!(!v.is_valid(&unnumbered), "seq is required");
+        let mut zero = json;
+        zero["seq"] = 0.into();
+        assert!(!v.is_valid(&zero), "seq starts at 1");
     }
 
     #[test]
     fn track_event_matches_its_schema() {
-        let v = validator("track.v1.schema.json");
+        let v = validator("track.v2.schema.json");
         let t = rfc3339(SystemTime::UNIX_EPOCH);
         let event = TrackEvent {
             schema: TRACK_SCHEMA,
+            seq: 18,
             node: "demo".into(),
             camera: "walkway".into(),
             track_id: 1,

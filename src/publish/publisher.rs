@@ -11,9 +11,12 @@ use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS, Transport};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::config::OutboxMode;
 use super::event_loop;
 use super::flow::{Link, Shared};
+use super::inbox::Incoming;
 use super::outbox::{Message, Outbox};
+use super::spool::{SeqFile, Spool, SpoolCounters};
 use super::topics::Topics;
 use super::{MqttConfig, tls};
 use crate::config::{ConfigError, Secret};
@@ -67,6 +70,15 @@ pub struct Stats {
     pub connects: u64,
     /// Failed connects and broken connections.
     pub connection_errors: u64,
+    /// The `seq` the next result gets.
+    pub next_seq: u64,
+    /// Disk outbox: spool commits (each one fsync), their total and longest duration, the
+    /// operations they carried (results put, acknowledged, dropped), and failed commits.
+    pub spool_commits: u64,
+    pub spool_commit_micros: u64,
+    pub spool_commit_max_micros: u64,
+    pub spool_ops: u64,
+    pub spool_errors: u64,
 }
 
 /// How [`Publisher::shutdown`] went.
@@ -112,6 +124,8 @@ impl fmt::Display for ShutdownReport {
 #[derive(Clone)]
 pub struct Publisher {
     shared: Arc<Shared>,
+    /// The event-loop task's heartbeat (`[service]` watches it as stage `mqtt`).
+    beat: crate::health::Beat,
 }
 
 /// Connects to the broker described by `config` as node `node` and starts the event-loop task
@@ -131,8 +145,47 @@ pub fn start(config: &MqttConfig, node: &str, stop: CancellationToken) -> Result
     let options = mqtt_options(config, config.client_id_for(node), Some(will))?;
     let window = usize::from(config.max_inflight);
     let (client, eventloop) = AsyncClient::new(options, window + 8);
-    let mut outbox = Outbox::new(config.outbox_capacity, topics.node_status());
+    let folder = config.outbox_folder("mqtt")?;
+    let dir_error = |e: &dyn fmt::Display| ConfigError::invalid("mqtt.outbox_dir", e.to_string());
+    let (seq_file, mut next_seq) = match &folder {
+        Some(dir) => {
+            let (file, next) = SeqFile::open(dir).map_err(|e| {
+                dir_error(&format_args!(
+                    "{}: cannot use the folder: {e}",
+                    dir.display()
+                ))
+            })?;
+            (Some(file), next)
+        }
+        None => (None, 1),
+    };
+    let spool = match (&folder, config.outbox) {
+        (Some(dir), OutboxMode::Disk) => Some(Spool::open(dir).map_err(|e| dir_error(&e))?),
+        _ => None,
+    };
+    let mut status = OutboxStatus {
+        mode: config.outbox,
+        capacity: config.outbox_capacity,
+        dropped: 0,
+        dropped_total: 0,
+        quarantined: None,
+        since: crate::types::rfc3339(std::time::SystemTime::now()),
+    };
+    if let Some(spool) = &spool {
+        // The spool's counter is exact; the seq file only carries it over a lost spool.
+        next_seq = if spool.quarantined.is_some() || spool.next_seq == 1 {
+            spool.next_seq.max(next_seq)
+        } else {
+            spool.next_seq
+        };
+        status.dropped_total = spool.dropped_total;
+        status.quarantined = spool.quarantined.as_ref().map(|p| p.display().to_string());
+    }
+    let mut outbox =
+        Outbox::new(config.outbox_capacity, topics.node_status()).with_seq(next_seq, seq_file);
     outbox.push_state(topics.node_status(), b"online".to_vec());
+    outbox.push_state(topics.outbox(), status.json());
+    let counters = Arc::new(SpoolCounters::default());
     let shared = Arc::new(Shared {
         client,
         window,
@@ -147,13 +200,39 @@ pub fn start(config: &MqttConfig, node: &str, stop: CancellationToken) -> Result
         task: Mutex::new(None),
         topics,
     });
+    if let Some(mut spool) = spool {
+        let replay = std::mem::take(&mut spool.pending);
+        let replayed = replay.len();
+        let weak = Arc::downgrade(&shared);
+        let writer = spool
+            .spawn_writer(counters, move |upto| {
+                if let Some(shared) = weak.upgrade() {
+                    on_spool_commit(&shared, upto);
+                }
+            })
+            .map_err(|e| dir_error(&format_args!("cannot start the spool writer: {e}")))?;
+        shared
+            .link
+            .lock()
+            .outbox
+            .attach_spool(writer, replay, qos(config.qos));
+        tracing::info!(
+            dir = %folder.as_deref().unwrap_or(std::path::Path::new("")).display(),
+            replayed,
+            next_seq,
+            "MQTT outbox spool opened"
+        );
+    }
+    spawn_outbox_status(&shared, status);
     let reconnect_max = Duration::from_secs_f64(config.reconnect_max_s);
+    let beat = crate::health::Beat::new();
     let task = tokio::spawn(event_loop::run(
         Arc::downgrade(&shared),
         shared.stop.clone(),
         eventloop,
         reconnect_max,
         format!("{}:{}", config.host, config.port),
+        beat.clone(),
     ));
     *shared.task.lock() = Some(task);
     tracing::info!(
@@ -162,7 +241,68 @@ pub fn start(config: &MqttConfig, node: &str, stop: CancellationToken) -> Result
         client_id = %config.client_id_for(node),
         "MQTT publisher started"
     );
-    Ok(Publisher { shared })
+    Ok(Publisher { shared, beat })
+}
+
+/// A spool commit returned: the results it holds may go to the broker.
+fn on_spool_commit(shared: &Shared, upto: u64) {
+    let mut link = shared.link.lock();
+    link.outbox.set_durable(upto);
+    shared.pump(&mut link);
+    drop(link);
+    shared.progress.send_replace(());
+}
+
+/// `<prefix>/<node>/outbox`: retained JSON saying where results wait and how many were
+/// dropped (outbox full, oldest first), so that subscribers can tell an outbox drop from the
+/// other gaps in `seq`.
+#[derive(Debug, Clone, serde::Serialize)]
+struct OutboxStatus {
+    mode: OutboxMode,
+    capacity: usize,
+    /// Dropped since this start.
+    dropped: u64,
+    /// Dropped over the spool's life (disk), since this start (memory).
+    dropped_total: u64,
+    /// Where an unreadable spool was moved at this start.
+    quarantined: Option<String>,
+    since: String,
+}
+
+impl OutboxStatus {
+    fn json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Publishes [`OutboxStatus`] again whenever the drop count changed, at most once per
+/// `status_interval_s`, until shutdown begins.
+fn spawn_outbox_status(shared: &Arc<Shared>, mut status: OutboxStatus) {
+    let weak = Arc::downgrade(shared);
+    let closing = shared.closing.clone();
+    let interval = shared.status_interval;
+    let base = status.dropped_total;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = closing.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let Some(shared) = weak.upgrade() else {
+                return;
+            };
+            let mut link = shared.link.lock();
+            let dropped = link.outbox.dropped_results;
+            if dropped == status.dropped || link.closing {
+                continue;
+            }
+            status.dropped = dropped;
+            status.dropped_total = base + dropped;
+            link.outbox
+                .push_state(shared.topics.outbox(), status.json());
+            shared.pump(&mut link);
+        }
+    });
 }
 
 /// Client options from the config: credentials read from `password_file`, TLS built from
@@ -207,6 +347,12 @@ fn qos(level: u8) -> QoS {
 }
 
 impl Publisher {
+    /// The event-loop task's heartbeat: it beats on every event and at least once a second
+    /// while it waits (for the broker, or before a reconnect), for as long as the task runs.
+    pub fn beat(&self) -> crate::health::Beat {
+        self.beat.clone()
+    }
+
     /// Topic names of this node.
     pub fn topics(&self) -> &Topics {
         &self.shared.topics
@@ -219,20 +365,39 @@ impl Publisher {
         topic: impl Into<String>,
         payload: impl Into<Vec<u8>>,
     ) -> Result<(), PublishError> {
+        let payload = payload.into();
+        self.publish_numbered(topic, |_| payload).map(|_| ())
+    }
+
+    /// Queues a result like [`Publisher::publish`], numbered: `payload(seq)` makes the payload
+    /// for the result's `seq` (the per-node counter, monotonic across restarts where the state
+    /// folder allows). Results are numbered in the order they are queued and sent in that
+    /// order. Returns the `seq`.
+    pub fn publish_numbered(
+        &self,
+        topic: impl Into<String>,
+        payload: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<u64, PublishError> {
+        let topic = topic.into();
+        let mut link = self.shared.link.lock();
+        let seq = link.outbox.next_seq();
+        let payload = payload(seq);
+        link.admit(&topic, payload.len())?;
+        let taken = link.outbox.take_seq();
+        debug_assert_eq!(taken, seq);
         let message = Message {
-            topic: topic.into(),
-            payload: payload.into(),
+            topic,
+            payload,
             qos: self.shared.qos,
             retain: false,
+            seq: Some(seq),
         };
-        let mut link = self.shared.link.lock();
-        link.admit(&message.topic, message.payload.len())?;
         if link.outbox.push_result(message) {
             link.dropped_one();
         }
         link.stats.accepted += 1;
         self.shared.pump(&mut link);
-        Ok(())
+        Ok(seq)
     }
 
     /// Publishes the retained state of `topic` (QoS 1). Only the latest value per topic is
@@ -255,6 +420,16 @@ impl Publisher {
         Ok(())
     }
 
+    /// Subscribes to `filter` (QoS 0) now if connected and again after every reconnect (the
+    /// session is clean); matching messages arrive on the returned channel, retained ones
+    /// first. Dropping the receiver ends the subscription at the next reconnect.
+    pub fn subscribe(&self, filter: impl Into<String>) -> tokio::sync::mpsc::Receiver<Incoming> {
+        let mut link = self.shared.link.lock();
+        let connected = link.connected;
+        link.subscriptions
+            .add(&self.shared.client, connected, filter.into())
+    }
+
     /// Whether the client is connected now; changes as connections come and go.
     pub fn connected(&self) -> watch::Receiver<bool> {
         self.shared.connected.subscribe()
@@ -271,13 +446,23 @@ impl Publisher {
     }
 
     pub fn stats(&self) -> Stats {
+        use std::sync::atomic::Ordering::Relaxed;
         let link = self.shared.link.lock();
-        Stats {
+        let mut stats = Stats {
             queued: link.outbox.len(),
             in_flight: link.in_flight,
             dropped: link.outbox.dropped_results,
+            next_seq: link.outbox.next_seq(),
             ..link.stats
+        };
+        if let Some(c) = link.outbox.spool_counters() {
+            stats.spool_commits = c.commits.load(Relaxed);
+            stats.spool_commit_micros = c.commit_micros.load(Relaxed);
+            stats.spool_commit_max_micros = c.max_commit_micros.load(Relaxed);
+            stats.spool_ops = c.ops.load(Relaxed);
+            stats.spool_errors = c.errors.load(Relaxed);
         }
+        stats
     }
 
     /// Seconds between periodic camera status messages (`mqtt.status_interval_s`).
@@ -349,6 +534,19 @@ impl Publisher {
         }
         shared.stop.cancel();
 
+        // What was not acknowledged stays in the spool for the next start.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let writer = shared.link.lock().outbox.close();
+        if let Some(mut writer) = writer {
+            let wait = left.max(Duration::from_millis(200));
+            let closed = tokio::task::spawn_blocking(move || writer.close(wait))
+                .await
+                .unwrap_or(false);
+            if !closed {
+                tracing::warn!("MQTT outbox spool did not finish its last commit in time");
+            }
+        }
+
         let link = shared.link.lock();
         let report = ShutdownReport {
             elapsed: start.elapsed(),
@@ -414,8 +612,9 @@ mod tests {
         let stats = publisher.stats();
         assert_eq!(stats.accepted, 25);
         assert_eq!(stats.dropped, 15);
-        // `online` plus 10 results.
-        assert_eq!(stats.queued, 11);
+        // `online`, the outbox status and 10 results.
+        assert_eq!(stats.queued, 12);
+        assert_eq!(stats.next_seq, 26, "every result was numbered");
         assert_eq!(
             publisher.publish("a/+/b", "x"),
             Err(PublishError::BadTopic {
@@ -451,6 +650,7 @@ mod tests {
         let report = publisher.shutdown(Duration::from_secs(30)).await;
         assert!(report.elapsed < Duration::from_secs(10), "{report}");
         assert!(!report.flushed && !report.disconnected);
-        assert_eq!(report.unsent, 2, "{report}");
+        // The result, `offline` (in place of `online`) and the outbox status.
+        assert_eq!(report.unsent, 3, "{report}");
     }
 }

@@ -1,4 +1,5 @@
-//! MQTT topic names: `<prefix>/<node>/status`, `<prefix>/<node>/<camera>/status`, ...
+//! MQTT topic names: `<prefix>/<node>/status`, `<prefix>/<node>/<camera>/status`, ..., and
+//! Home Assistant's discovery topics `<ha_prefix>/sensor/affectd_<node>/<object>/config`.
 
 /// Builds the topics of one node. Prefix and node id are validated by the config.
 #[derive(Debug, Clone)]
@@ -23,14 +24,58 @@ impl Topics {
         format!("{}/status", self.base)
     }
 
+    /// `<prefix>/<node>/outbox`: retained JSON, the outbox's mode and drop counts.
+    pub fn outbox(&self) -> String {
+        format!("{}/outbox", self.base)
+    }
+
     /// `<prefix>/<node>/<camera>/status`: retained JSON health of one camera.
     pub fn camera_status(&self, camera: &str) -> String {
         format!("{}/{camera}/status", self.base)
     }
 
+    /// `<prefix>/<node>/<camera>/state`: retained JSON summary of the people in view (Home
+    /// Assistant's state topic).
+    pub fn camera_state(&self, camera: &str) -> String {
+        format!("{}/{camera}/state", self.base)
+    }
+
     /// `<prefix>/<node>/<suffix>`, for stages that publish their own messages.
     pub fn under(&self, suffix: &str) -> String {
         format!("{}/{suffix}", self.base)
+    }
+}
+
+/// Home Assistant discovery topics of one node: `<ha_prefix>/sensor/affectd_<node>/...`.
+#[derive(Debug, Clone)]
+pub struct DiscoveryTopics {
+    base: String,
+}
+
+impl DiscoveryTopics {
+    pub fn new(ha_prefix: &str, node: &str) -> Self {
+        Self {
+            base: format!("{ha_prefix}/sensor/affectd_{node}"),
+        }
+    }
+
+    /// `<ha_prefix>/sensor/affectd_<node>/<object_id>/config`: one sensor's retained config.
+    pub fn config(&self, object_id: &str) -> String {
+        format!("{}/{object_id}/config", self.base)
+    }
+
+    /// `<ha_prefix>/sensor/affectd_<node>/+/config`: every sensor config of this node.
+    pub fn config_filter(&self) -> String {
+        format!("{}/+/config", self.base)
+    }
+
+    /// The object id of a config topic of this node, `None` for any other topic.
+    pub fn object_id<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let object = topic
+            .strip_prefix(self.base.as_str())?
+            .strip_prefix('/')?
+            .strip_suffix("/config")?;
+        (!object.is_empty() && !object.contains('/')).then_some(object)
     }
 }
 
@@ -59,6 +104,30 @@ mod tests {
         assert_eq!(t.node_status(), "affectd/edge-01/status");
         assert_eq!(t.camera_status("door"), "affectd/edge-01/door/status");
         assert_eq!(t.under("door/affect"), "affectd/edge-01/door/affect");
+        assert_eq!(t.camera_state("door"), "affectd/edge-01/door/state");
+    }
+
+    #[test]
+    fn discovery_topics_follow_home_assistants_layout() {
+        let d = DiscoveryTopics::new("homeassistant", "edge-01");
+        let topic = d.config("door_persons");
+        assert_eq!(
+            topic,
+            "homeassistant/sensor/affectd_edge-01/door_persons/config"
+        );
+        assert_eq!(
+            d.config_filter(),
+            "homeassistant/sensor/affectd_edge-01/+/config"
+        );
+        assert_eq!(d.object_id(&topic), Some("door_persons"));
+        assert_eq!(
+            d.object_id("homeassistant/sensor/affectd_edge-012/x/config"),
+            None
+        );
+        assert_eq!(
+            d.object_id("homeassistant/sensor/affectd_edge-01/a/b/config"),
+            None
+        );
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub struct Options {
     /// Add a TLS listener and one that also requires a client certificate, with a CA made by
     /// `openssl` for this broker.
     pub tls: bool,
+    /// Keep sessions, queued and retained messages across restarts (saved at a graceful
+    /// [`Mosquitto::stop_gracefully`]), with no limit on the messages queued per client: what
+    /// a persistent-session subscriber ([`Subscriber::persistent`]) needs to miss nothing.
+    pub persistence: bool,
 }
 
 /// TLS material generated for one broker, all PEM.
@@ -40,6 +44,7 @@ pub struct TlsFiles {
 /// A running mosquitto; killed on drop.
 pub struct Mosquitto {
     dir: tempfile::TempDir,
+    persistence: bool,
     password_file: Option<PathBuf>,
     tls: Option<TlsFiles>,
     port: u16,
@@ -74,6 +79,7 @@ impl Mosquitto {
         });
         let mut broker = Mosquitto {
             dir,
+            persistence: options.persistence,
             password_file,
             tls,
             port: 0,
@@ -142,7 +148,24 @@ impl Mosquitto {
         }
     }
 
-    /// Starts the broker again on the same ports (retained messages are gone: no persistence).
+    /// Stops the broker as `systemctl stop` does (SIGTERM): with `persistence` it saves its
+    /// sessions and queues first. Waits for the exit.
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + START_TIMEOUT;
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same ports (retained messages are gone unless
+    /// `persistence` and a graceful stop).
     pub fn restart(&mut self) {
         self.stop();
         let deadline = Instant::now() + START_TIMEOUT;
@@ -217,11 +240,18 @@ impl Mosquitto {
         let mut text = String::from(
             "# Written by the affectd test harness.\n\
              user root\n\
-             persistence false\n\
              log_dest stderr\n\
              log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
              connection_messages true\n",
         );
+        if self.persistence {
+            text += &format!(
+                "persistence true\npersistence_location {}/\nmax_queued_messages 0\n",
+                self.dir.path().display()
+            );
+        } else {
+            text += "persistence false\n";
+        }
         match &self.password_file {
             Some(p) => {
                 text += &format!("allow_anonymous false\npassword_file {}\n", p.display());
@@ -380,8 +410,25 @@ impl Subscriber {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
+        Self::start(broker, filter, login, id, true)
+    }
+
+    /// A subscriber with a persistent session (clean session off) as `client_id`: while it is
+    /// away (a broker restart) the broker queues its QoS 1 messages, given `persistence`.
+    pub fn persistent(broker: &Mosquitto, filter: &str, client_id: &str) -> Subscriber {
+        Self::start(broker, filter, None, client_id.to_owned(), false)
+    }
+
+    fn start(
+        broker: &Mosquitto,
+        filter: &str,
+        login: Option<(&str, &str)>,
+        id: String,
+        clean_session: bool,
+    ) -> Subscriber {
         let mut options = MqttOptions::new(id, "127.0.0.1", broker.port());
         options
+            .set_clean_session(clean_session)
             .set_keep_alive(Duration::from_secs(5))
             .set_transport(Transport::Tcp)
             .set_max_packet_size(1 << 20, 1 << 20);
