@@ -1,5 +1,6 @@
-//! Ingest with real parts: videotestsrc, the real H.264 clip, and a real RTSP server that dies
-//! and comes back while a second camera keeps streaming.
+//! Ingest with real parts: videotestsrc, the real H.264 clip, a real RTSP server that dies and
+//! comes back (once, and ten times) while a second camera keeps streaming, and a pipeline whose
+//! teardown hangs.
 
 #[path = "common/rtsp.rs"]
 mod rtsp;
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use affectd::health::Health;
 use affectd::ingest::{
     CameraConfig, Decoder, Error, Ingest, IngestConfig, RtspTransport, build_pipeline,
     check_pipeline,
@@ -95,6 +97,24 @@ impl Collector {
             .filter(|f| &*f.camera == camera)
             .cloned()
             .collect()
+    }
+
+    /// Waits until `n` frames of `camera` arrived after `since`; returns how many did.
+    fn wait_for_after(
+        &self,
+        camera: &str,
+        since: SystemTime,
+        n: usize,
+        timeout: Duration,
+    ) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let count = self.of(camera).iter().filter(|f| f.wall > since).count();
+            if count >= n || Instant::now() > deadline {
+                return count;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn wait_for(&self, camera: &str, n: usize, timeout: Duration) -> Vec<Frame> {
@@ -829,4 +849,123 @@ fn broken_custom_templates_are_errors_not_panics() {
         let e = build_pipeline(&camera("t", "test:ball"), &cfg).unwrap_err();
         assert!(e.to_string().contains(expected), "{text}: {e}");
     }
+}
+
+#[test]
+fn a_hung_teardown_is_abandoned_and_the_camera_restarts_while_its_supervisor_beats() {
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    // The first buffer holds the streaming thread for 30 s: no frame arrives (a stall), and
+    // setting the pipeline to NULL waits for the sleep: a teardown that hangs.
+    std::fs::write(
+        dir.path().join("test.pipeline"),
+        "videotestsrc name=src is-live=true ! identity sleep-time=30000000 ! \
+         videorate name=rate ! videoconvert ! capsfilter name=caps ! appsink name=sink\n",
+    )
+    .unwrap();
+    let cfg = IngestConfig {
+        stall_timeout_s: 1.0,
+        backoff_initial_s: 0.2,
+        backoff_max_s: 0.4,
+        teardown_timeout_s: 0.5,
+        pipelines_dir: Some(dir.path().to_owned()),
+        ..IngestConfig::default()
+    };
+    let health = Health::new();
+    let ingest = Ingest::start_watched(
+        &[camera("hung", "test:ball")],
+        &cfg,
+        CancellationToken::new(),
+        &health,
+    )
+    .unwrap();
+    let rx = status_of(&ingest, "hung");
+    let t0 = Instant::now();
+    // Each run: 1 s to notice the stall, 0.5 s waiting for the teardown, then a fresh one.
+    let mut most_stale = Duration::ZERO;
+    while t0.elapsed() < Duration::from_secs(6) {
+        let beats = health.beats();
+        assert_eq!(beats.len(), 1, "{beats:?}");
+        assert_eq!(beats[0].0, "ingest-hung");
+        most_stale = most_stale.max(beats[0].1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let abandoned = ingest.abandoned_teardowns();
+    let status = rx.borrow().clone();
+    let t_stop = Instant::now();
+    ingest.stop(Duration::from_secs(2));
+    let stop_time = t_stop.elapsed();
+
+    eprintln!(
+        "hung teardown: {abandoned} teardowns abandoned in 6 s, {} restarts, supervisor beat at \
+         most {most_stale:?} apart, stop took {stop_time:?}: {status:?}",
+        status.restarts
+    );
+    assert!(abandoned >= 2, "{abandoned} abandoned: {status:?}");
+    assert!(status.restarts >= 2, "{status:?}");
+    assert_eq!(status.state, CameraState::Reconnecting, "{status:?}");
+    assert_eq!(status.last_error.as_deref(), Some("no frame for 1.0 s"));
+    // Never longer than the teardown deadline (plus a tick) without a beat.
+    assert!(most_stale < Duration::from_millis(900), "{most_stale:?}");
+    // Stopping is bounded too: EOS cannot pass, the teardown hangs, the thread is let go.
+    assert!(stop_time < Duration::from_millis(2300), "{stop_time:?}");
+}
+
+#[test]
+fn rtsp_server_killed_10_times_the_camera_comes_back_each_time_and_the_file_never_pauses() {
+    logs();
+    affectd::ingest::init().unwrap();
+    let mut server =
+        rtsp::RtspServer::start("door", &rtsp::RtspServer::mp4_launch(&fixture("vtest.mp4")));
+    let clip = format!("file:{}", fixture("vtest.mp4").display());
+    let cameras = [camera("door", &server.url()), camera("walkway", &clip)];
+    let ingest = Ingest::start(&cameras, &quick_restarts(), CancellationToken::new()).unwrap();
+    let door = status_of(&ingest, "door");
+    let collector = Collector::new(&ingest);
+    let t0 = Instant::now();
+    assert!(
+        wait_state(&door, CameraState::Streaming, Duration::from_secs(15)).is_some(),
+        "RTSP camera never streamed: {:?}",
+        door.borrow()
+    );
+    let mut resumes = Vec::new();
+    for round in 1..=10 {
+        std::thread::sleep(Duration::from_millis(1500));
+        server.stop();
+        let noticed = wait_state(&door, CameraState::Reconnecting, Duration::from_secs(8));
+        assert!(
+            noticed.is_some(),
+            "round {round}: death not noticed: {:?}",
+            door.borrow()
+        );
+        // A short outage.
+        std::thread::sleep(Duration::from_millis(500));
+        server.restart();
+        let t_up = SystemTime::now();
+        let back = wait_state(&door, CameraState::Streaming, Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("round {round}: no recovery: {:?}", door.borrow()));
+        let frames = collector.wait_for_after("door", t_up, 8, Duration::from_secs(5));
+        assert!(frames >= 8, "round {round}: {frames} frames after recovery");
+        resumes.push(back);
+    }
+    let door_status = door.borrow().clone();
+    let walkway = collector.of("walkway");
+    drop(collector);
+    ingest.stop(Duration::from_secs(3));
+
+    let gap = walkway
+        .windows(2)
+        .map(|w| secs(w[0].wall, w[1].wall))
+        .fold(0.0, f64::max);
+    let slowest = resumes.iter().max().unwrap();
+    eprintln!(
+        "RTSP killed 10 times in {:.1} s: streaming again after {:?} (slowest {slowest:?}); \
+         {} file frames, longest pause {gap:.2} s; door {door_status:?}",
+        t0.elapsed().as_secs_f64(),
+        resumes,
+        walkway.len()
+    );
+    assert!(door_status.restarts >= 10, "{door_status:?}");
+    assert!(gap < 2.0, "the file camera paused {gap:.2} s");
+    assert!(walkway.len() as f64 >= t0.elapsed().as_secs_f64() * 8.0 * 0.8);
 }

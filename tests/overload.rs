@@ -5,8 +5,10 @@
 //! Every frame of every person is sampled (`[window] stride = 1`: 8 samples/s per person) into
 //! a short encoder queue (`[model] queue = 4`), so the encoder drops samples all the time while
 //! people enter and leave and their tracks end. Ending tracks under overload is what once
-//! stalled the encoder; here every stage must keep beating (`[service] stage_stall_s = 5`), so
-//! the watchdog is fed throughout, and a track's messages must still precede its `end`.
+//! stalled the encoder; here every stage must keep beating (`[service] stage_stall_s = 5`:
+//! the camera's supervisor, the MQTT event loop, the analytics and the encoder, which beat only
+//! on progress, a forward done), so the watchdog is fed throughout, and a track's messages
+//! must still precede its `end`.
 
 #[path = "common/daemon.rs"]
 mod daemon;
@@ -125,8 +127,8 @@ fn the_overloaded_demo_keeps_every_stage_beating_and_feeds_the_watchdog() {
     let notify = NotifySocket::bind();
     let mut daemon = start(&overloaded_demo_config(&broker), &notify);
 
-    // Ready once the ViT-B/32 (seeded random weights) and the detector loaded, the clip plays
-    // and the broker was reached: seconds, more on 2 busy cores.
+    // Ready once the ViT-B/32 (seeded random weights) and the detector loaded and the clip
+    // plays (the broker is not waited for): seconds, more on 2 busy cores.
     assert!(
         notify.wait_for("READY=1", Duration::from_secs(120)),
         "no READY=1 (exit {:?}):\n{}",

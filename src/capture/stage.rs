@@ -1,7 +1,8 @@
 //! The capture writer thread: windows arrive from the encoder's tap on a bounded channel
 //! (the encoder never waits:
 //! beyond `queue` waiting windows new ones are dropped and counted), are PNG-encoded and
-//! written to the dataset.
+//! written to the dataset. The thread beats (stage `capture`) per window and on every
+//! 200 ms idle wake-up; [`Capture::stop`] waits for it with a deadline.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,7 @@ use super::config::CaptureConfig;
 use super::format::Manifest;
 use super::writer::{DatasetWriter, WindowRecord};
 use crate::encode::{TappedWindow, WindowTap};
+use crate::health::Beat;
 
 /// One person's window, handed from the encoder to the writer.
 pub type CapturedWindow = TappedWindow;
@@ -99,6 +101,16 @@ impl Capture {
         manifest: &Manifest,
         stop: CancellationToken,
     ) -> Result<Capture, CaptureError> {
+        Self::start_watched(cfg, manifest, stop, Beat::new())
+    }
+
+    /// [`Capture::start`], the writer thread beating `beat`.
+    pub fn start_watched(
+        cfg: &CaptureConfig,
+        manifest: &Manifest,
+        stop: CancellationToken,
+        beat: Beat,
+    ) -> Result<Capture, CaptureError> {
         let writer = DatasetWriter::open(&cfg.dir, manifest, cfg.quota_bytes())?;
         info!(
             dir = %cfg.dir.display(),
@@ -117,7 +129,7 @@ impl Capture {
                 .name("capture".into())
                 .spawn(move || {
                     let _done = done_tx;
-                    run(writer, &rx, &stats, &stop);
+                    run(writer, &rx, &stats, &stop, &beat);
                 })
                 .map_err(CaptureError::io(&cfg.dir))?
         };
@@ -176,8 +188,10 @@ fn run(
     rx: &Receiver<CapturedWindow>,
     stats: &CaptureStats,
     stop: &CancellationToken,
+    beat: &Beat,
 ) {
     loop {
+        beat.beat();
         let window = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(w) => w,
             Err(RecvTimeoutError::Timeout) if !stop.is_cancelled() => continue,

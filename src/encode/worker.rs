@@ -1,4 +1,10 @@
 //! The encoder thread's loop: control first, then one batch, then the tracks that are done.
+//!
+//! Liveness: the thread beats (stage `encoder`) on progress only: a batch encoded, a control
+//! message handled while waiting, each batch of a swap's re-encode, and a wait for work that
+//! ended with none (`IDLE_WAKE`). A forward that fails does not beat, and a doorbell that
+//! brings the next failing batch is no idle wait, so an encoder failing every batch under
+//! load stops the watchdog after `[service] stage_stall_s`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -34,6 +40,7 @@ pub(super) struct Worker {
     taken: u64,
     /// Tracks that ended, in hand-over order, waiting for their samples to pass.
     ending: VecDeque<(TrackSpan, u64)>,
+    /// Forwards failed in a row.
     failures: u64,
     /// Samples dropped (shared with the sender's count).
     dropped: Arc<AtomicU64>,
@@ -89,9 +96,11 @@ impl Worker {
             if stopping && self.out_of_time(deadline) {
                 self.drop_waiting();
             }
-            let encoded = self.encode_batch();
+            let (encoded, ok) = self.encode_batch();
             self.finish_ended_tracks();
-            beat.beat();
+            if encoded > 0 && ok {
+                beat.beat();
+            }
             if stopping && self.samples.is_empty() {
                 // Endings sent just before the stop still go out, after their last windows.
                 self.take_control(control, beat);
@@ -101,8 +110,12 @@ impl Worker {
             if encoded == 0 && !stopping {
                 crossbeam_channel::select! {
                     recv(doorbell) -> _ => {}
-                    recv(control) -> msg => if let Ok(msg) = msg { self.handle(msg, beat) },
-                    default(IDLE_WAKE) => {}
+                    recv(control) -> msg => if let Ok(msg) = msg {
+                        self.handle(msg, beat);
+                        beat.beat();
+                    },
+                    // Nothing to do for a while: idle, and healthy.
+                    default(IDLE_WAKE) => beat.beat(),
                 }
             }
         }
@@ -208,8 +221,9 @@ impl Worker {
         let _ = reply.send(outcome);
     }
 
-    /// Encodes up to `max_batch` waiting samples in one forward; returns how many.
-    fn encode_batch(&mut self) -> usize {
+    /// Encodes up to `max_batch` waiting samples in one forward; returns how many, and
+    /// whether the forward succeeded.
+    fn encode_batch(&mut self) -> (usize, bool) {
         let mut batch: Vec<PersonSample> = Vec::with_capacity(self.settings.max_batch);
         while batch.len() < self.settings.max_batch {
             match self.samples.pop() {
@@ -221,7 +235,7 @@ impl Worker {
             }
         }
         if batch.is_empty() {
-            return 0;
+            return (0, true);
         }
         let t0 = Instant::now();
         let pushed = self.model.encoder.push(&batch);
@@ -229,17 +243,24 @@ impl Worker {
         self.metrics.batch(batch.len(), self.last_forward);
         let refused = self.model.encoder.refused();
         self.stats.refused.store(refused, Ordering::Relaxed);
+        let ok = pushed.is_ok();
         match pushed {
-            Ok(updates) => updates.into_iter().for_each(|u| self.publish(u)),
+            Ok(updates) => {
+                if self.failures > 0 {
+                    info!(failed_before = self.failures, "encoder forward works again");
+                    self.failures = 0;
+                }
+                updates.into_iter().for_each(|u| self.publish(u));
+            }
             Err(e) => {
                 self.failures += 1;
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 if self.failures.is_power_of_two() {
-                    warn!(error = %e, failures = self.failures, persons = batch.len(), "encoder forward failed; batch dropped");
+                    warn!(error = %e, failures_in_a_row = self.failures, persons = batch.len(), "encoder forward failed; batch dropped (the encoder stops beating while it fails)");
                 }
             }
         }
-        batch.len()
+        (batch.len(), ok)
     }
 
     /// Reads out one window, smooths it per person, hands it to the results and, when due,

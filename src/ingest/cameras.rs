@@ -1,5 +1,10 @@
 //! [`Ingest`]: every enabled camera's supervisor, the frame hub and the status channels.
+//!
+//! In: the camera configs, a stop token, the [`Health`] registry. Out: frames (the hub),
+//! statuses, one heartbeat per camera (`ingest-<id>`). Owns: the supervisor threads, each
+//! joined at stop with a deadline (one that does not finish is named in the log and left).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -13,6 +18,7 @@ use super::error::Error;
 use super::pipeline;
 use super::queue::{FrameHub, HubBuilder};
 use super::supervisor::Supervisor;
+use crate::health::Health;
 use crate::types::{CameraId, CameraStatus};
 
 /// Grace given to the pipelines when an [`Ingest`] is dropped without [`Ingest::stop`].
@@ -23,8 +29,11 @@ pub struct Ingest {
     cameras: Vec<Running>,
     hub: FrameHub,
     stop: CancellationToken,
-    /// Until when the pipelines may drain (EOS); set by [`Ingest::stop`] before it cancels.
-    eos_deadline: Arc<OnceLock<Instant>>,
+    /// Until when the pipelines may drain (EOS), and until when they must be down; set by
+    /// [`Ingest::stop`] before it cancels.
+    eos_deadline: Arc<OnceLock<(Instant, Instant)>>,
+    /// Pipeline teardowns left hanging (`[ingest] teardown_timeout_s`).
+    abandoned: Arc<AtomicU64>,
 }
 
 struct Running {
@@ -45,7 +54,18 @@ impl Ingest {
         cfg: &IngestConfig,
         stop: CancellationToken,
     ) -> Result<Ingest, Error> {
+        Self::start_watched(cameras, cfg, stop, &Health::new())
+    }
+
+    /// [`Ingest::start`], each camera's supervisor registered in `health` as `ingest-<id>`.
+    pub fn start_watched(
+        cameras: &[CameraConfig],
+        cfg: &IngestConfig,
+        stop: CancellationToken,
+        health: &Health,
+    ) -> Result<Ingest, Error> {
         pipeline::init()?;
+        let abandoned = Arc::new(AtomicU64::new(0));
         let mut hub = HubBuilder::new(cfg.queue_frames);
         let eos_deadline = Arc::new(OnceLock::new());
         let mut running = Vec::new();
@@ -61,6 +81,8 @@ impl Ingest {
                 status: status_tx,
                 stop: stop.clone(),
                 eos_deadline: Arc::clone(&eos_deadline),
+                beat: health.register(format!("ingest-{id}")),
+                abandoned: Arc::clone(&abandoned),
             });
             running.push(Running {
                 id,
@@ -73,6 +95,7 @@ impl Ingest {
             hub: hub.build(),
             stop,
             eos_deadline,
+            abandoned,
         };
         for (slot, supervisor) in ingest.cameras.iter_mut().zip(supervisors) {
             let thread = std::thread::Builder::new()
@@ -99,6 +122,12 @@ impl Ingest {
             .collect()
     }
 
+    /// Pipeline teardowns that hung past `[ingest] teardown_timeout_s`, their threads left
+    /// behind, since start.
+    pub fn abandoned_teardowns(&self) -> u64 {
+        self.abandoned.load(Ordering::Relaxed)
+    }
+
     /// Cancels the stop token and waits for every camera: EOS is sent and waited for
     /// (bounded), the pipelines are set to NULL and the threads joined, all within about
     /// `timeout`.
@@ -113,8 +142,10 @@ impl Ingest {
         }
         let start = Instant::now();
         // EOS gets three quarters of the time; tearing down and joining the rest.
-        let _ = self.eos_deadline.set(start + timeout.mul_f64(0.75));
         let join_deadline = start + timeout;
+        let _ = self
+            .eos_deadline
+            .set((start + timeout.mul_f64(0.75), join_deadline));
         self.stop.cancel();
         let cameras = std::mem::take(&mut self.cameras);
         for mut camera in cameras {
@@ -127,7 +158,11 @@ impl Ingest {
             if thread.is_finished() {
                 let _ = thread.join();
             } else {
-                warn!(camera = %camera.id, "camera thread did not stop in time; leaving it behind");
+                warn!(
+                    camera = %camera.id,
+                    timeout_ms = timeout.as_millis() as u64,
+                    "camera thread did not stop in time; leaving it behind"
+                );
             }
         }
         info!(

@@ -63,6 +63,11 @@ pub struct IngestConfig {
     /// Upper bound of the restart delay, in seconds.
     #[serde(default = "default_backoff_max_s")]
     pub backoff_max_s: f64,
+    /// How long stopping a pipeline (GStreamer's state change to NULL) may take before its
+    /// thread is abandoned and the camera restarted on a fresh pipeline. Keep it below
+    /// `[service] stage_stall_s`, or a hung teardown stops the systemd watchdog first.
+    #[serde(default = "default_teardown_timeout_s")]
+    pub teardown_timeout_s: f64,
     /// Folder of pipeline templates overriding the built-in ones (`file.pipeline`, ...).
     #[serde(default)]
     pub pipelines_dir: Option<PathBuf>,
@@ -260,6 +265,12 @@ impl IngestConfig {
             self.backoff_initial_s,
             3600.0,
         )?;
+        check_range(
+            &format!("{key}.teardown_timeout_s"),
+            self.teardown_timeout_s,
+            0.1,
+            600.0,
+        )?;
         Ok(())
     }
 }
@@ -272,6 +283,7 @@ impl Default for IngestConfig {
             stall_timeout_s: default_stall_timeout_s(),
             backoff_initial_s: default_backoff_initial_s(),
             backoff_max_s: default_backoff_max_s(),
+            teardown_timeout_s: default_teardown_timeout_s(),
             pipelines_dir: None,
             max_size: default_max_size(),
         }
@@ -300,6 +312,9 @@ const fn default_backoff_initial_s() -> f64 {
     0.5
 }
 const fn default_backoff_max_s() -> f64 {
+    5.0
+}
+const fn default_teardown_timeout_s() -> f64 {
     5.0
 }
 

@@ -1,6 +1,17 @@
 //! One camera's supervisor: a named OS thread that builds the pipeline, plays it, watches its
 //! bus, detects stalls and end of stream, and restarts it with exponential backoff.
 //!
+//! In: the camera's config, the stop token. Out: frames into the camera's queue, its status
+//! (`watch`), a heartbeat (stage `ingest-<id>`: every tick while a pipeline plays, every
+//! second while it waits to restart or stays finished). Owns: the pipeline of the moment.
+//!
+//! A pipeline is set to NULL on a helper thread, waited for at most `[ingest]
+//! teardown_timeout_s`: a teardown that hangs (an element that never lets its streaming
+//! thread go) is logged, its thread abandoned (counted in [`Supervisor::abandoned`]) and the
+//! camera restarted on a fresh pipeline; the supervisor never hangs with it. While it waits
+//! for a teardown it does not beat: a timeout longer than `[service] stage_stall_s` lets the
+//! watchdog see the hang.
+//!
 //! Why the supervisor restarts pipelines itself instead of using gst-plugins-rs `fallbacksrc`
 //! (which is registered, and works in a custom template in `[ingest] pipelines_dir`: its `uri`
 //! is set like `rtspsrc`'s `location`):
@@ -15,6 +26,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -30,6 +42,7 @@ use super::error::Error;
 use super::pipeline::{self, Built, RunStats, Template};
 use super::queue::FrameQueue;
 use crate::backoff::Backoff;
+use crate::health::Beat;
 use crate::types::{CameraId, CameraState, CameraStatus, now_rfc3339};
 
 /// A run that streamed this long counts as healthy: the next failure restarts after the
@@ -44,6 +57,8 @@ const FPS_WINDOW: Duration = Duration::from_secs(2);
 /// EOS grace when the stop token was cancelled without [`Ingest::stop`](super::Ingest::stop)
 /// setting a deadline.
 const EOS_GRACE: Duration = Duration::from_secs(1);
+/// How often the supervisor beats while it waits (restart backoff, a finished file).
+const IDLE_BEAT: Duration = Duration::from_secs(1);
 
 /// Everything a supervisor thread owns.
 pub(crate) struct Supervisor {
@@ -54,8 +69,14 @@ pub(crate) struct Supervisor {
     pub(crate) status: watch::Sender<CameraStatus>,
     /// Cancelled at shutdown.
     pub(crate) stop: CancellationToken,
-    /// Until when EOS may drain the pipeline once `stop` is cancelled, if set before.
-    pub(crate) eos_deadline: Arc<OnceLock<Instant>>,
+    /// Until when EOS may drain the pipeline once `stop` is cancelled, and until when the
+    /// pipeline must be down, if set before.
+    pub(crate) eos_deadline: Arc<OnceLock<(Instant, Instant)>>,
+    /// Beaten while the supervisor makes progress.
+    pub(crate) beat: Beat,
+    /// Teardown threads left behind because `set_state(NULL)` did not return in time (shared
+    /// by every camera of an [`Ingest`](super::Ingest)).
+    pub(crate) abandoned: Arc<AtomicU64>,
 }
 
 /// How one pipeline run ended.
@@ -105,7 +126,7 @@ impl Supervisor {
                     self.set_state(CameraState::Failed, Some("finished: end of file".into()));
                     self.status.send_modify(|s| s.fps = 0.0);
                     // Stay finished until shutdown.
-                    wait_cancelled(&self.stop, None);
+                    while !self.wait_stop(IDLE_BEAT) {}
                     return;
                 }
                 RunEnd::Retry(e) => e,
@@ -133,7 +154,7 @@ impl Supervisor {
             self.set_state(state, Some(text.clone()));
             last_error = Some(text);
             self.status.send_modify(|s| s.fps = 0.0);
-            if wait_cancelled(&self.stop, Some(delay)) {
+            if self.wait_stop(delay) {
                 return;
             }
         }
@@ -154,7 +175,7 @@ impl Supervisor {
             return RunEnd::Retry(Error::StateChange);
         };
         let teardown = |end: RunEnd| {
-            let _ = pipeline.set_state(gst::State::Null);
+            self.teardown(&pipeline);
             end
         };
         if pipeline.set_state(gst::State::Playing).is_err() {
@@ -168,10 +189,13 @@ impl Supervisor {
         let mut streaming_since: Option<Instant> = None;
         let mut next_status = Instant::now() + STATUS_EVERY;
         loop {
+            self.beat.beat();
             if self.stop.is_cancelled() {
-                let deadline = self.eos_deadline.get().copied();
-                let deadline = deadline.unwrap_or_else(|| Instant::now() + EOS_GRACE);
-                return self.shutdown(&pipeline, &bus, deadline);
+                let deadlines = self.eos_deadline.get().copied().unwrap_or_else(|| {
+                    let eos = Instant::now() + EOS_GRACE;
+                    (eos, eos + self.teardown_timeout())
+                });
+                return self.shutdown(&pipeline, &bus, deadlines);
             }
             // Other messages (state changes, tags, QoS) are discarded here.
             let wanted = [
@@ -241,30 +265,107 @@ impl Supervisor {
         }
     }
 
-    /// Sends EOS, waits for it until `deadline`, then sets the pipeline to NULL.
-    fn shutdown(&self, pipeline: &gst::Pipeline, bus: &gst::Bus, deadline: Instant) -> RunEnd {
-        // A source in pull mode (filesrc under a demuxer) accepts EOS but never sends it:
-        // end the stream at the appsink instead (not at videorate, which would first fill
-        // the rest of the file's segment with duplicates).
-        let pulled = pipeline
-            .by_name("src")
-            .and_then(|s| s.static_pad("src"))
-            .is_some_and(|p| p.mode() == gst::PadMode::Pull);
-        let sink_pad = pipeline.by_name("sink").and_then(|r| r.static_pad("sink"));
-        match sink_pad {
-            Some(pad) if pulled => pad.send_event(gst::event::Eos::new()),
-            _ => pipeline.send_event(gst::event::Eos::new()),
-        };
-        let wait = deadline.saturating_duration_since(Instant::now());
-        let drained = bus
-            .timed_pop_filtered(
+    /// Sends EOS, waits for it until the first deadline, then sets the pipeline to NULL; all
+    /// of it off this thread (sending EOS may wait on a hung streaming thread too), waited
+    /// for until the second deadline at most.
+    fn shutdown(
+        &self,
+        pipeline: &gst::Pipeline,
+        bus: &gst::Bus,
+        (deadline, down_by): (Instant, Instant),
+    ) -> RunEnd {
+        let (pipeline, bus) = (pipeline.clone(), bus.clone());
+        let drained = Arc::new(AtomicBool::new(false));
+        let drain = Arc::clone(&drained);
+        // A little before the join deadline, so that the thread itself ends in time.
+        let left = down_by
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(Duration::from_millis(50));
+        let limit =
+            left.min(deadline.saturating_duration_since(Instant::now()) + self.teardown_timeout());
+        let stopped = self.off_thread(limit, move || {
+            // A source in pull mode (filesrc under a demuxer) accepts EOS but never sends it:
+            // end the stream at the appsink instead (not at videorate, which would first
+            // fill the rest of the file's segment with duplicates).
+            let pulled = pipeline
+                .by_name("src")
+                .and_then(|s| s.static_pad("src"))
+                .is_some_and(|p| p.mode() == gst::PadMode::Pull);
+            let sink_pad = pipeline.by_name("sink").and_then(|r| r.static_pad("sink"));
+            match sink_pad {
+                Some(pad) if pulled => pad.send_event(gst::event::Eos::new()),
+                _ => pipeline.send_event(gst::event::Eos::new()),
+            };
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let eos = bus.timed_pop_filtered(
                 gst::ClockTime::from_nseconds(wait.as_nanos() as u64),
                 &[gst::MessageType::Eos, gst::MessageType::Error],
-            )
-            .is_some();
-        let _ = pipeline.set_state(gst::State::Null);
-        debug!(camera = %self.id, drained, "camera pipeline stopped");
+            );
+            drain.store(eos.is_some(), Ordering::Relaxed);
+            let _ = pipeline.set_state(gst::State::Null);
+        });
+        let drained = drained.load(Ordering::Relaxed);
+        debug!(camera = %self.id, drained, stopped, "camera pipeline stopped");
         RunEnd::Stopped
+    }
+
+    /// Sets the pipeline to NULL on a helper thread and waits for it at most `[ingest]
+    /// teardown_timeout_s`; true when it stopped. A teardown still hanging then is logged and
+    /// its thread left behind (counted): the camera goes on with a fresh pipeline.
+    fn teardown(&self, pipeline: &gst::Pipeline) -> bool {
+        let pipeline = pipeline.clone();
+        self.off_thread(self.teardown_timeout(), move || {
+            let _ = pipeline.set_state(gst::State::Null);
+        })
+    }
+
+    fn teardown_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.cfg.teardown_timeout_s)
+    }
+
+    /// Runs `stop` (what takes a pipeline down) on a helper thread and waits for it at most
+    /// `timeout`; true when it finished. One still running then is logged and left (counted).
+    fn off_thread(&self, timeout: Duration, stop: impl FnOnce() + Send + 'static) -> bool {
+        let (done_tx, done) = crossbeam_channel::bounded::<()>(1);
+        let spawned = std::thread::Builder::new()
+            .name(format!("gst-null-{}", self.id))
+            .spawn(move || {
+                stop();
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = spawned {
+            error!(camera = %self.id, error = %e, "cannot start a thread to stop the camera pipeline; left playing");
+            return false;
+        }
+        let t0 = Instant::now();
+        if done.recv_timeout(timeout).is_ok() {
+            return true;
+        }
+        let abandoned = self.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
+        error!(
+            camera = %self.id,
+            waited_s = t0.elapsed().as_secs_f64(),
+            abandoned,
+            "camera pipeline did not stop (EOS or set_state NULL hung); its thread is abandoned and \
+             the camera goes on with a fresh pipeline"
+        );
+        false
+    }
+
+    /// Waits up to `timeout` for the stop token, beating every [`IDLE_BEAT`]; true once
+    /// cancelled.
+    fn wait_stop(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.beat.beat();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return self.stop.is_cancelled();
+            }
+            if wait_cancelled(&self.stop, Some(left.min(IDLE_BEAT))) {
+                return true;
+            }
+        }
     }
 
     fn set_state(&self, state: CameraState, last_error: Option<String>) {

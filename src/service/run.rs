@@ -1,6 +1,16 @@
 //! `affectd run`: start every stage, tell systemd when ready, feed its watchdog while the
 //! stages live, reload the model on SIGHUP, and shut down in order on SIGTERM.
 //!
+//! In: the config and its path, signals, systemd's environment. Out: `READY=1` once every
+//! camera left `starting` and the model is loaded (the broker may be down: results wait in
+//! the outbox, and a box whose broker is down at boot must not be killed by
+//! `TimeoutStartSec`), `WATCHDOG=1` while every heartbeat is fresh, `RELOADING=1`/`READY=1`
+//! around a reload, `STOPPING=1`, the exit status. Owns: the tokio runtime, the stages.
+//!
+//! The stages (the model above all) start on a blocking thread while signals are watched: a
+//! SIGTERM during a long model load exits at once (status 0, a log line) instead of waiting
+//! for the load.
+//!
 //! Threads own the heavy stages (one per camera in ingest, one for the analytics, one for the
 //! encoder, one for capture; see `stages.rs`); the tokio runtime only runs MQTT, HTTP, signals
 //! and timers.
@@ -32,7 +42,8 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(supervise(config, path));
-    // A reload cut short by shutdown may still be loading a model: do not wait for it.
+    // A start-up or reload cut short by shutdown may still be loading a model: do not wait
+    // for it.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
@@ -53,12 +64,34 @@ async fn supervise(config: Config, path: &Path) -> anyhow::Result<()> {
     );
     // One token; each stage gets a child and stops in data-flow order at shutdown.
     let stop = CancellationToken::new();
-    let stages = Stages::start(&config, &health, systemd.watchdog_interval(), &stop)?;
+    let mut reload_again = false;
+    let starting = {
+        let (health, stop) = (health.clone(), stop.clone());
+        let watchdog = systemd.watchdog_interval();
+        tokio::task::spawn_blocking(move || Stages::start(&config, &health, watchdog, &stop))
+    };
+    tokio::pin!(starting);
+    let stages = loop {
+        tokio::select! {
+            started = &mut starting => break started.context("start-up panicked")??,
+            signal = signals.next() => match signal {
+                Signal::Shutdown => {
+                    // Whatever started stops with the token; the load itself is not waited
+                    // for (the runtime gives its thread a second, then the process exits).
+                    info!("SIGTERM during start-up (loading the model): exiting without waiting for it");
+                    systemd.stopping();
+                    stop.cancel();
+                    return Ok(());
+                }
+                Signal::Reload => {
+                    reload_again = true;
+                    info!("SIGHUP during start-up: the reload follows once started");
+                }
+            },
+        }
+    };
 
-    let mut ready = Box::pin(wait_ready(
-        stages.statuses.clone(),
-        stages.mqtt.ever_connected(),
-    ));
+    let mut ready = Box::pin(wait_ready(stages.statuses.clone()));
     let mut ready_sent = false;
     let mut watchdog = tokio::time::interval(
         systemd
@@ -68,13 +101,16 @@ async fn supervise(config: Config, path: &Path) -> anyhow::Result<()> {
     let mut stalled_before = Vec::new();
     let reload_encoder = stages.encoder();
     let mut reloading: Option<JoinHandle<Reloader>> = None;
-    let mut reload_again = false;
     loop {
         tokio::select! {
             () = &mut ready, if !ready_sent => {
                 ready_sent = true;
                 systemd.ready();
-                info!("all cameras started and the broker was reached: ready");
+                let broker_connected = *stages.mqtt.connected().borrow();
+                info!(broker_connected, "all cameras started and the model is loaded: ready");
+                if std::mem::take(&mut reload_again) && reloading.is_none() {
+                    reloading = start_reload(&mut reloader, reload_encoder.clone(), systemd, ready_sent);
+                }
             }
             _ = watchdog.tick() => {
                 let stalled = health.stalled(stage_stall);
@@ -143,15 +179,11 @@ fn start_reload(
     }))
 }
 
-/// Resolves once every camera has left `starting` (streaming, or retrying after a failure)
-/// and the broker has been reached once.
-async fn wait_ready(
-    statuses: Vec<(CameraId, watch::Receiver<CameraStatus>)>,
-    mut connected: watch::Receiver<bool>,
-) {
+/// Resolves once every camera has left `starting` (streaming, or retrying after a failure).
+/// The model is loaded before (the stages start with it); the broker is not waited for.
+async fn wait_ready(statuses: Vec<(CameraId, watch::Receiver<CameraStatus>)>) {
     for (_, mut status) in statuses {
         // An error means ingest is gone, which shutdown handles.
         let _ = status.wait_for(|s| s.state != CameraState::Starting).await;
     }
-    let _ = connected.wait_for(|c| *c).await;
 }
