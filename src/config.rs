@@ -105,6 +105,69 @@ impl ConfigError {
 }
 
 impl Config {
+    /// What is allowed but unsafe, one line each (logged by `run`, printed by `check`):
+    /// credentials that would cross the network in the clear, and secret files others can
+    /// read.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let loopback = |host: &str| {
+            host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        };
+        if self.mqtt.password_file.is_some()
+            && self.mqtt.tls.is_none()
+            && !loopback(&self.mqtt.host)
+        {
+            out.push(format!(
+                "mqtt.password_file: the broker password goes to {} over plain TCP; add [mqtt.tls]",
+                self.mqtt.host
+            ));
+        }
+        let mut secrets: Vec<(String, &Path)> = Vec::new();
+        if let Some(p) = &self.mqtt.password_file {
+            secrets.push(("mqtt.password_file".into(), p));
+        }
+        if let Some(p) = self
+            .mqtt
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_key_file.as_ref())
+        {
+            secrets.push(("mqtt.tls.client_key_file".into(), p));
+        }
+        if let Some(p) = &self.http.token_file {
+            secrets.push(("http.token_file".into(), p));
+        }
+        for (i, c) in self.cameras.iter().enumerate() {
+            if let Some(p) = &c.password_file {
+                secrets.push((format!("camera[{i}].password_file"), p));
+                if c.uri.starts_with("rtsp://") {
+                    out.push(format!(
+                        "camera[{i}].password_file: RTSP credentials to {} without TLS (a camera \
+                         offering only Basic authentication receives the password in the clear); \
+                         use rtsps:// where the camera supports it",
+                        c.id
+                    ));
+                }
+            }
+        }
+        for (key, path) in secrets {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o007 != 0
+            {
+                out.push(format!(
+                    "{key}: {} is readable by every user (mode {:o}); chmod o-rwx it",
+                    path.display(),
+                    meta.permissions().mode() & 0o777
+                ));
+            }
+        }
+        out
+    }
+
     /// Reads, parses and validates the file at `path` (without touching other files: see
     /// [`Config::check_files`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

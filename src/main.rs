@@ -148,12 +148,18 @@ fn init_logging() {
 fn run(args: &ConfigArg) -> Result<(), Failure> {
     let config = Config::load(&args.config)?;
     config.check_files()?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     affectd::service::run(config, &args.config).map_err(Failure::Runtime)
 }
 
 fn check(args: &ConfigArg) -> Result<(), Failure> {
     let config = Config::load(&args.config)?;
     println!("config   ok    {}", args.config.display());
+    for warning in config.warnings() {
+        println!("config   warn  {warning}");
+    }
     let report = affectd::service::check(&config);
     for line in &report.lines {
         println!("{line}");

@@ -65,3 +65,36 @@ fn invalid_configs_fail_with_their_expected_message() {
         );
     }
 }
+
+#[test]
+fn credentials_in_the_clear_and_secret_files_others_can_read_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("mqtt.password");
+    std::fs::write(&secret, "hunter2\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = format!(
+        "[node]\nid = \"n\"\n[[camera]]\nid = \"a\"\nuri = \"test:ball\"\n\
+         [mqtt]\nhost = \"broker.example\"\nusername = \"u\"\npassword_file = \"{}\"\n",
+        secret.display()
+    );
+    let path = dir.path().join("affectd.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = Config::load(&path).unwrap();
+    let warnings = config.warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].starts_with(
+        "mqtt.password_file: the broker password goes to broker.example over plain TCP"
+    ));
+    assert!(warnings[1].starts_with(&format!(
+        "mqtt.password_file: {} is readable by every user (mode 644)",
+        secret.display()
+    )));
+    // Private, and over TLS: nothing to say.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::write(&path, format!("{text}[mqtt.tls]\n")).unwrap();
+    assert_eq!(
+        Config::load(&path).unwrap().warnings(),
+        Vec::<String>::new()
+    );
+}

@@ -235,6 +235,16 @@ fn the_overloaded_demo_keeps_every_stage_beating_and_feeds_the_watchdog() {
                 .map(|&end| (id, i, end))
         })
         .collect();
+    // The node goes `offline` after its last results: every track end comes before it.
+    let offline = messages
+        .iter()
+        .rposition(|m| m.topic.ends_with("/status") && &m.payload[..] == b"offline")
+        .expect("offline at shutdown");
+    let last_end = ended.values().max().copied().unwrap_or(0);
+    assert!(
+        last_end < offline,
+        "a track end (message #{last_end}) came after offline (#{offline})"
+    );
     assert!(
         late.is_empty(),
         "person messages after their track's end (track, message #, end #): {late:?}"

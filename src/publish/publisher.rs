@@ -470,14 +470,41 @@ impl Publisher {
         self.shared.status_interval
     }
 
+    /// Whether everything handed over was acknowledged by `deadline` (false at once when the
+    /// event loop is stopping).
+    async fn flushed_by(&self, deadline: tokio::time::Instant) -> bool {
+        let shared = &self.shared;
+        let mut progress = shared.progress.subscribe();
+        loop {
+            progress.mark_unchanged();
+            {
+                let link = shared.link.lock();
+                if link.connected && link.outbox.is_empty() && link.in_flight == 0 {
+                    return true;
+                }
+            }
+            // The event loop is stopping or gone: nothing more will be acknowledged.
+            if shared.stop.is_cancelled() {
+                return false;
+            }
+            if tokio::time::timeout_at(deadline, progress.changed())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+
     /// Resolves when shutdown has begun or the event loop has stopped; background publishers
     /// stop then.
     pub async fn closing(&self) {
         self.shared.closing.cancelled().await
     }
 
-    /// Publishes `offline` (retained), waits until the broker acknowledged everything handed
-    /// over, then sends DISCONNECT and ends the event loop, all within `timeout`; finally
+    /// Waits until the broker acknowledged the results handed over (up to three quarters of
+    /// `timeout`), publishes `offline` (retained) after them, waits for that too, then sends
+    /// DISCONNECT and ends the event loop, all within `timeout`; finally
     /// cancels the stop token. Later `publish*` calls are refused. If the broker is
     /// unreachable the time runs out and the connection is dropped; the broker's copy is then
     /// the last will, `offline` as well. A second call, or one after the stop token was
@@ -486,37 +513,26 @@ impl Publisher {
         let start = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
         let shared = &self.shared;
-        {
+        let first = {
             let mut link = shared.link.lock();
-            if !link.closing {
-                link.closing = true;
-                link.outbox
-                    .push_state(shared.topics.node_status(), b"offline".to_vec());
-                shared.pump(&mut link);
-            }
-        }
-        shared.closing.cancel();
-
-        let mut progress = shared.progress.subscribe();
-        let flushed = loop {
-            progress.mark_unchanged();
-            {
-                let link = shared.link.lock();
-                if link.connected && link.outbox.is_empty() && link.in_flight == 0 {
-                    break true;
-                }
-            }
-            // The event loop is stopping or gone: nothing more will be acknowledged.
-            if shared.stop.is_cancelled() {
-                break false;
-            }
-            if tokio::time::timeout_at(deadline, progress.changed())
-                .await
-                .is_err()
-            {
-                break false;
-            }
+            let first = !link.closing;
+            link.closing = true;
+            first
         };
+        shared.closing.cancel();
+        // Results first, then `offline`: a subscriber sees every last result of the node
+        // before it goes offline. A quarter of the time is kept for `offline` itself, so a
+        // backlog that cannot drain never keeps it (and the clean DISCONNECT, which cancels
+        // the last will) from going out.
+        if first {
+            let results_by = deadline - timeout / 4;
+            self.flushed_by(results_by).await;
+            let mut link = shared.link.lock();
+            link.outbox
+                .push_state(shared.topics.node_status(), b"offline".to_vec());
+            shared.pump(&mut link);
+        }
+        let flushed = self.flushed_by(deadline).await;
 
         let task = shared.task.lock().take();
         if let Some(mut task) = task {
