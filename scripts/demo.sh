@@ -32,7 +32,7 @@ fi
 
 mosquitto_sub -h 127.0.0.1 -p 1883 -v -t 'affectd/#' &
 pids+=($!)
-echo "demo: HTTP on 127.0.0.1:9720: /metrics /healthz /readyz /api/cameras /api/tracks"
+echo "demo: open http://127.0.0.1:9720/ for the live view; also /metrics /healthz /readyz /api/cameras /api/tracks"
 "${CARGO_TARGET_DIR:-target}/debug/affectd" run --config configs/demo.toml &
 daemon=$!
 pids+=($daemon)

@@ -157,8 +157,8 @@ mod tests {
         assert_eq!(img.pixels().filter(|p| p.0 == red.0).count(), 5 * 5);
         let mut img = RgbImage::new(40, 12);
         text(&mut img, 0, 0, "#1", 2, red);
-        // '#' has 11 ink cells, '1' has 8: each is a 2x2 square.
-        assert_eq!(img.pixels().filter(|p| p.0 == red.0).count(), (11 + 8) * 4);
+        // '#' has 12 ink cells, '1' has 8: each is a 2x2 square.
+        assert_eq!(img.pixels().filter(|p| p.0 == red.0).count(), (12 + 8) * 4);
         let mut img = RgbImage::new(10, 10);
         frame_rect(&mut img, (2, 2), (8, 8), 1, red);
         assert_eq!(img.pixels().filter(|p| p.0 == red.0).count(), 6 * 4 - 4);

@@ -199,6 +199,71 @@ fn invalid_config_is_one_line_naming_the_key_and_exit_code_2() {
     }
 }
 
+#[test]
+fn a_corrupt_detector_model_stops_run_with_one_line_and_exit_code_1() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let engines = Path::new(env!("CARGO_MANIFEST_DIR")).join("engines");
+    let manifest = std::fs::read_to_string(engines.join("nanodet-g-416.toml")).unwrap();
+    let model = std::fs::read(engines.join("nanodet-g-416.onnx")).unwrap();
+    // A flipped byte (the manifest's digest catches it) and a file cut short with no digest
+    // to check (ONNX Runtime refuses it): what a bad copy or a full disk leaves.
+    let mut flipped = model.clone();
+    flipped[model.len() / 2] ^= 0xff;
+    let unchecked: String = manifest
+        .lines()
+        .filter(|l| !l.starts_with("sha256"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cases = [
+        ("flipped", manifest.as_str(), flipped),
+        (
+            "truncated",
+            unchecked.as_str(),
+            model[..model.len() / 3].to_vec(),
+        ),
+    ];
+    for (name, manifest, bytes) in cases {
+        let case = dir.path().join(name);
+        std::fs::create_dir_all(&case).unwrap();
+        std::fs::write(case.join("nanodet-g-416.toml"), manifest).unwrap();
+        std::fs::write(case.join("nanodet-g-416.onnx"), bytes).unwrap();
+        let cameras = "[[camera]]\nid = \"a\"\nuri = \"test:ball\"\n";
+        let detect = format!(
+            "[detect]\nengine = \"{}\"\nproviders = [\"cpu\"]\n[http]\nenabled = false\n",
+            case.join("nanodet-g-416.toml").display()
+        );
+        let path = case.join("affectd.toml");
+        std::fs::write(&path, config(&broker, cameras, &detect)).unwrap();
+        let t0 = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_affectd"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A daemon that ran on the bad model would never exit by itself.
+        while child.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{name}: {:?}",
+            t0.elapsed()
+        );
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{name}: {stderr}");
+        assert!(errors[0].contains("nanodet-g-416"), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
+}
+
 /// `configs/demo.toml` as shipped, pointed at this test's broker.
 fn demo_config(broker: &Mosquitto) -> String {
     let repo = env!("CARGO_MANIFEST_DIR");
@@ -219,8 +284,8 @@ fn demo_publishes_schema_valid_person_messages_for_the_people_walking() {
     let broker = Mosquitto::start();
     let sub = Subscriber::new(&broker, "affectd/#");
     let mut daemon = Daemon::start(&demo_config(&broker));
-    let person = schema("person.v1.schema.json");
-    let track = schema("track.v1.schema.json");
+    let person = schema("person.v2.schema.json");
+    let track = schema("track.v2.schema.json");
 
     // The untrained ViT-B/32 loads in seconds; a window needs 8 encoded samples of a person.
     // On 2 busy cores the encoder gets a few person-frames/s: allow it time.
@@ -254,6 +319,18 @@ fn demo_publishes_schema_valid_person_messages_for_the_people_walking() {
     for e in &events {
         assert!(track.is_valid(e), "{e}: {:?}", track.validate(e).err());
     }
+    // Person and track messages share the node's `seq`: strictly increasing as they arrive
+    // (no outage here, so neither gaps from drops nor duplicates).
+    let seqs: Vec<u64> = sub
+        .messages()
+        .iter()
+        .filter(|m| m.topic.ends_with("/tracks") || m.topic.contains("/person/"))
+        .filter_map(|m| json(m)["seq"].as_u64())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "seq not consecutive: {seqs:?}"
+    );
     let begun: Vec<u64> = events
         .iter()
         .filter(|e| e["event"] == "begin")

@@ -78,7 +78,12 @@ fn exposure(name: &str) -> f64 {
         .lines()
         .find_map(|l| {
             let rest = l.split("Overall exposure level for ").nth(1)?;
-            rest.split(": ").nth(1)?.split_whitespace().next()?.parse().ok()
+            rest.split(": ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
         })
         .unwrap_or_else(|| {
             panic!(
@@ -172,7 +177,10 @@ fn nightly_training_units_verify() {
     };
     let train_lines = hardening(&train);
     for line in hardening(&daemon) {
-        assert!(train_lines.contains(&line), "the training unit lacks {line}");
+        assert!(
+            train_lines.contains(&line),
+            "the training unit lacks {line}"
+        );
     }
     verify(&[
         "affectd.service",
@@ -211,5 +219,8 @@ fn the_shipped_config_the_unit_and_the_system_install_name_one_onnx_runtime() {
     let root_user = std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap();
-    assert_eq!(venv, !root_user && std::env::var_os("INVOCATION_ID").is_none());
+    assert_eq!(
+        venv,
+        !root_user && std::env::var_os("INVOCATION_ID").is_none()
+    );
 }

@@ -4,7 +4,14 @@
 //! in one batch, advances each camera's tracker, reports track begins and ends, and hands
 //! each person the [`Sampler`] picks to the encoder stage. It keeps no per-person state of
 //! its own: the trackers own the tracks, the encoder stage the windows. Without a `[detect]`
-//! section it only drains the queues (ingest and status only).
+//! section it only drains the queues (ingest and status only). While someone watches a
+//! camera's debug view it also offers that camera's frames with their tracks to the view
+//! (a pointer copy; the drawing is done elsewhere).
+//!
+//! Liveness: the thread beats (stage `analytics`) after each wake-up that made progress: an
+//! idle one (no frame waited `IDLE_WAKE`) or a batch the detector ran. A detector that fails
+//! on every batch never beats again, so the watchdog stops after `[service] stage_stall_s`;
+//! consecutive failures are counted and logged at powers of two.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,13 +19,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::detect::Detector;
 use crate::encode::EncoderSender;
 use crate::health::Beat;
 use crate::ingest::FrameHub;
-use crate::observe::AnalyticsMetrics;
+use crate::observe::{AnalyticsMetrics, Scene, ViewTap};
 use crate::results::{ResultSink, SpanEvent, TrackSpan};
 use crate::track::{EndedTrack, TrackConfig, Tracker};
 use crate::types::{CameraId, Detection, Frame, PersonSample};
@@ -42,6 +49,8 @@ pub struct Pipeline {
 pub struct Analytics {
     stop: CancellationToken,
     thread: JoinHandle<()>,
+    /// Disconnected when the thread ends.
+    done: crossbeam_channel::Receiver<()>,
 }
 
 impl Analytics {
@@ -49,21 +58,30 @@ impl Analytics {
     pub fn spawn(
         hub: FrameHub,
         pipeline: Option<Pipeline>,
+        view: Arc<ViewTap>,
         beat: Beat,
         stop: CancellationToken,
     ) -> std::io::Result<Self> {
         let token = stop.clone();
+        let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
         let thread = std::thread::Builder::new()
             .name("analytics".into())
             .spawn(move || {
-                let mut worker = pipeline.map(Worker::new);
+                let _done = done_tx;
+                let mut worker = pipeline.map(|p| Worker::new(p, Arc::clone(&view)));
                 let mut frames = 0u64;
                 while !token.is_cancelled() {
                     let batch = hub.next_batch(IDLE_WAKE);
-                    beat.beat();
                     frames += batch.len() as u64;
-                    if let Some(w) = worker.as_mut() {
-                        w.process(&batch);
+                    let progress = match worker.as_mut() {
+                        Some(w) => w.process(&batch),
+                        None => {
+                            offer_untracked(&view, &batch);
+                            true
+                        }
+                    };
+                    if progress {
+                        beat.beat();
                     }
                 }
                 if let Some(w) = worker.as_mut() {
@@ -71,13 +89,32 @@ impl Analytics {
                 }
                 debug!(frames, "analytics stopped");
             })?;
-        Ok(Analytics { stop, thread })
+        Ok(Analytics { stop, thread, done })
     }
 
-    /// Asks the thread to finish (ending every track) and waits for it.
-    pub fn stop(self) {
+    /// Asks the thread to finish (ending every track) and waits up to `timeout` for it; a
+    /// thread still busy then (a detector run that does not return) is logged and left.
+    pub fn stop(self, timeout: Duration) {
         self.stop.cancel();
-        let _ = self.thread.join();
+        match self.done.recv_timeout(timeout) {
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                let _ = self.thread.join();
+            }
+            _ => warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "the analytics thread did not stop in time; open tracks may not have ended"
+            ),
+        }
+    }
+}
+
+/// Without a detector the view shows the frames as they are.
+fn offer_untracked(view: &ViewTap, frames: &[Frame]) {
+    for frame in frames.iter().filter(|f| view.watched(&f.camera)) {
+        view.offer(Scene {
+            frame: frame.clone(),
+            boxes: Vec::new(),
+        });
     }
 }
 
@@ -91,22 +128,27 @@ struct Worker {
     pipeline: Pipeline,
     sampler: Sampler,
     cameras: HashMap<CameraId, CameraState>,
+    /// Detector runs failed in a row.
     failures: u64,
+    /// The debug view: offered each tracked frame while someone watches its camera.
+    view: Arc<ViewTap>,
 }
 
 impl Worker {
-    fn new(pipeline: Pipeline) -> Self {
+    fn new(pipeline: Pipeline, view: Arc<ViewTap>) -> Self {
         Self {
             sampler: Sampler::new(&pipeline.window),
             pipeline,
             cameras: HashMap::new(),
             failures: 0,
+            view,
         }
     }
 
-    fn process(&mut self, frames: &[Frame]) {
+    /// Detects and tracks one batch; false when the detector failed (no progress).
+    fn process(&mut self, frames: &[Frame]) -> bool {
         if frames.is_empty() {
-            return;
+            return true;
         }
         let refs: Vec<&Frame> = frames.iter().collect();
         let t0 = Instant::now();
@@ -118,14 +160,19 @@ impl Worker {
             Err(e) => {
                 self.failures += 1;
                 if self.failures.is_power_of_two() {
-                    warn!(error = %e, failures = self.failures, "detector failed; frames dropped");
+                    warn!(error = %e, failures_in_a_row = self.failures, "detector failed; frames dropped (the analytics stop beating while it fails)");
                 }
-                return;
+                return false;
             }
         };
+        if self.failures > 0 {
+            info!(failed_before = self.failures, "detector runs again");
+            self.failures = 0;
+        }
         for (frame, dets) in frames.iter().zip(&detections) {
             self.track(frame, dets);
         }
+        true
     }
 
     fn track(&mut self, frame: &Frame, dets: &[Detection]) {
@@ -140,6 +187,12 @@ impl Worker {
         state.size = (frame.width, frame.height);
         let update = state.tracker.update(dets, frame.wall);
         let size = state.size;
+        if self.view.watched(&frame.camera) {
+            self.view.offer(Scene {
+                frame: frame.clone(),
+                boxes: update.active.iter().map(|t| (t.id, t.bbox)).collect(),
+            });
+        }
 
         for t in update
             .active

@@ -23,6 +23,18 @@ pub struct HttpConfig {
     /// `Authorization: Bearer <token>`. Never logged. Without it, requests need no token.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Most frames a second one MJPEG stream of the debug view sends (at most the ingest
+    /// rate); frames are drawn and encoded only while someone watches.
+    #[serde(default = "default_view_fps")]
+    pub view_fps: f64,
+    /// Most debug-view viewers (streams and snapshots waiting) at once, all cameras; more
+    /// are answered 503.
+    #[serde(default = "default_max_viewers")]
+    pub max_viewers: usize,
+    /// Frames wider than this are scaled down (by an integer factor) before the view draws
+    /// and encodes them.
+    #[serde(default = "default_view_max_width")]
+    pub view_max_width: u32,
 }
 
 impl HttpConfig {
@@ -33,6 +45,24 @@ impl HttpConfig {
     }
 
     pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if !(self.view_fps.is_finite() && self.view_fps > 0.0 && self.view_fps <= 60.0) {
+            return Err(ConfigError::invalid(
+                format!("{key}.view_fps"),
+                format!("must be in (0, 60], got {}", self.view_fps),
+            ));
+        }
+        if self.max_viewers == 0 {
+            return Err(ConfigError::invalid(
+                format!("{key}.max_viewers"),
+                "must be at least 1 (disable the server with enabled = false)",
+            ));
+        }
+        if self.view_max_width < 64 {
+            return Err(ConfigError::invalid(
+                format!("{key}.view_max_width"),
+                format!("must be at least 64, got {}", self.view_max_width),
+            ));
+        }
         if self.enabled && !self.listen.ip().is_loopback() && self.token_file.is_none() {
             return Err(ConfigError::invalid(
                 format!("{key}.token_file"),
@@ -52,12 +82,24 @@ impl Default for HttpConfig {
             enabled: default_enabled(),
             listen: default_listen(),
             token_file: None,
+            view_fps: default_view_fps(),
+            max_viewers: default_max_viewers(),
+            view_max_width: default_view_max_width(),
         }
     }
 }
 
 const fn default_enabled() -> bool {
     true
+}
+const fn default_view_fps() -> f64 {
+    5.0
+}
+const fn default_max_viewers() -> usize {
+    4
+}
+const fn default_view_max_width() -> u32 {
+    1280
 }
 const fn default_listen() -> SocketAddr {
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9720)

@@ -68,6 +68,7 @@ pub struct Metrics {
     pub analytics: AnalyticsMetrics,
     pub encoder: EncoderMetrics,
     pub results: ResultMetrics,
+    pub view: ViewMetrics,
 }
 
 impl Metrics {
@@ -88,6 +89,8 @@ impl Metrics {
             build,
         );
         let (analytics, encoder, results) = Default::default();
+        let view = ViewMetrics::default();
+        view.register(&mut registry);
         if running.analytics {
             AnalyticsMetrics::register(&analytics, &mut registry);
         }
@@ -100,6 +103,7 @@ impl Metrics {
             analytics,
             encoder,
             results,
+            view,
         }
     }
 
@@ -212,6 +216,50 @@ impl AnalyticsMetrics {
         };
         self.ended.get_or_create(&label).inc();
         self.active.get_or_create(&label).dec();
+    }
+}
+
+/// The debug view's work: open streams, frames drawn and encoded (zero with no viewer).
+#[derive(Clone)]
+pub struct ViewMetrics {
+    pub(super) streams: Gauge,
+    frames: Counter,
+    encode_seconds: Histogram,
+}
+
+impl Default for ViewMetrics {
+    fn default() -> Self {
+        Self {
+            streams: Gauge::default(),
+            frames: Counter::default(),
+            encode_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 10)),
+        }
+    }
+}
+
+impl ViewMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "affectd_view_streams",
+            "Open MJPEG streams of the debug view",
+            self.streams.clone(),
+        );
+        r.register(
+            "affectd_view_frames_encoded",
+            "Frames the debug view drew and JPEG-encoded (snapshots and streams; one per frame however many viewers)",
+            self.frames.clone(),
+        );
+        r.register(
+            "affectd_view_encode_duration_seconds",
+            "Time to draw and JPEG-encode one frame of the debug view",
+            self.encode_seconds.clone(),
+        );
+    }
+
+    /// One frame drawn and encoded in `took`.
+    pub fn encoded(&self, took: Duration) {
+        self.frames.inc();
+        self.encode_seconds.observe(took.as_secs_f64());
     }
 }
 
@@ -374,8 +422,11 @@ mod tests {
         });
         ingest_only.analytics.track_begun(&cam);
         let text = ingest_only.encode(Nothing).unwrap();
+        // The build, and the debug view's (which every HTTP server has).
         assert_eq!(
-            text.lines().filter(|l| !l.starts_with('#')).count(),
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.starts_with("affectd_view_"))
+                .count(),
             1,
             "{text}"
         );

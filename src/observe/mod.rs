@@ -1,5 +1,6 @@
 //! Observe: the daemon's HTTP endpoints (`[http]`, [`HttpConfig`]): Prometheus `/metrics`,
-//! `/healthz`, `/readyz`, and the live state as JSON (`/api/cameras`, `/api/tracks`).
+//! `/healthz`, `/readyz`, the live state as JSON (`/api/cameras`, `/api/tracks`), and the debug
+//! view (`/`, `/cameras/<id>/snapshot.jpg`, `/cameras/<id>/stream.mjpeg`; `view/`).
 //!
 //! In: events the stages count through the handles of [`Metrics`]; the stages' own state,
 //! read on request ([`Sources`]); every result, through the [`LiveTracks`] tee in front of
@@ -12,10 +13,12 @@ mod metrics;
 mod server;
 mod sources;
 mod state;
+mod view;
 
 pub use api::{CAMERAS_SCHEMA, TRACKS_SCHEMA};
 pub use config::HttpConfig;
-pub use metrics::{AnalyticsMetrics, EncoderMetrics, Metrics, ResultMetrics, Running};
+pub use metrics::{AnalyticsMetrics, EncoderMetrics, Metrics, ResultMetrics, Running, ViewMetrics};
 pub use server::{Error, Listener, Observed, Server, bind};
 pub use sources::{CameraSource, Snapshot, Sources};
 pub use state::{LiveTracks, TrackEntry};
+pub use view::{Scene, View, ViewSettings, ViewTap};

@@ -6,17 +6,19 @@
 //! are attached, `/healthz` is 200 and `/readyz` 503, both `"starting": true`, the rest 503;
 //! a probe never hangs on a daemon that is starting.
 //!
-//! Auth: with `[http] token_file`, every endpoint but `/healthz` and `/readyz` answers 401
-//! without `Authorization: Bearer <token>`; those two answer every caller with their status
+//! Auth: with `[http] token_file`, every endpoint but `/`, `/healthz` and `/readyz` answers
+//! 401 without `Authorization: Bearer <token>` or an `access_token` query parameter (RFC 6750;
+//! what the page's `<img>` streams send); the probes answer every caller with their status
 //! code (what load balancers and orchestrators probe), and give the detail only to callers
-//! with the token.
+//! with the token; `/` is a static page holding no data (its script takes the token from the
+//! URL's fragment, `/#token=...`, which browsers never send to the server).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -32,6 +34,7 @@ use super::api;
 use super::metrics::{self, Metrics};
 use super::sources::Sources;
 use super::state::LiveTracks;
+use super::view::View;
 use crate::config::{ConfigError, Secret};
 
 /// Starting the server failed.
@@ -59,6 +62,8 @@ pub struct Observed {
     pub stage_stall: Duration,
     /// How often the systemd watchdog is fed, when systemd asked for one.
     pub watchdog: Option<Duration>,
+    /// The debug view.
+    pub view: Arc<View>,
 }
 
 /// The bound socket and the token, before the stages exist.
@@ -111,10 +116,13 @@ impl Listener {
             .route("/metrics", get(metrics))
             .route("/api/cameras", get(cameras))
             .route("/api/tracks", get(tracks))
+            .route("/cameras/{camera}/snapshot.jpg", get(snapshot))
+            .route("/cameras/{camera}/stream.mjpeg", get(stream))
             .route_layer(middleware::from_fn_with_state(
                 Arc::clone(&app),
                 require_token,
             ))
+            .route("/", get(|| async { View::page() }))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .with_state(Arc::clone(&app));
@@ -160,17 +168,44 @@ struct App {
 impl App {
     /// Whether the request carries the token (always, when none is configured).
     fn authorized(&self, headers: &HeaderMap) -> bool {
+        self.authorized_with(headers, None)
+    }
+
+    /// As [`App::authorized`], also taking the token from an `access_token` query parameter
+    /// (RFC 6750, 2.3): what a browser's `<img>` of the debug view can send.
+    fn authorized_with(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
         let Some(token) = &self.token else {
             return true;
         };
-        let given = headers
+        let header = headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map_or("", |(_, t)| t.trim());
-        same(given.as_bytes(), token.expose().as_bytes())
+            .map(|(_, t)| t.trim().as_bytes().to_vec());
+        let given = header.or_else(|| query_token(query?)).unwrap_or_default();
+        same(&given, token.expose().as_bytes())
     }
+}
+
+/// The percent-decoded `access_token` of a query string.
+fn query_token(query: &str) -> Option<Vec<u8>> {
+    let raw = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("access_token="))?;
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.bytes();
+    while let Some(b) = bytes.next() {
+        out.push(match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
+            }
+            b'+' => b' ',
+            b => b,
+        });
+    }
+    Some(out)
 }
 
 /// Constant-time equality (for the token).
@@ -179,7 +214,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn require_token(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    if app.authorized(request.headers()) {
+    if app.authorized_with(request.headers(), request.uri().query()) {
         next.run(request).await
     } else {
         (
@@ -222,6 +257,20 @@ async fn tracks(State(app): State<Arc<App>>) -> Response {
         return starting();
     };
     Json(api::Tracks::new(&o.node, o.tracks.list(&o.node))).into_response()
+}
+
+async fn snapshot(State(app): State<Arc<App>>, Path(camera): Path<String>) -> Response {
+    let Some(o) = app.observed.get() else {
+        return starting();
+    };
+    o.view.snapshot(&camera).await
+}
+
+async fn stream(State(app): State<Arc<App>>, Path(camera): Path<String>) -> Response {
+    let Some(o) = app.observed.get() else {
+        return starting();
+    };
+    o.view.stream(&camera)
 }
 
 async fn healthz(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
@@ -330,6 +379,16 @@ mod tests {
             ..HttpConfig::default()
         };
         assert!(bind(&cfg).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_query_token_is_percent_decoded() {
+        assert_eq!(
+            query_token("x=1&access_token=a%2Fb+c").as_deref(),
+            Some(&b"a/b c"[..])
+        );
+        assert_eq!(query_token("token=abc"), None);
+        assert_eq!(query_token("access_token=%zz"), None);
     }
 
     #[test]

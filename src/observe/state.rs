@@ -10,7 +10,9 @@ use std::time::SystemTime;
 
 use parking_lot::Mutex;
 
+use super::view::Label;
 use crate::publish::{PersonMessage, normalised_box, person_message};
+use crate::readout::Readout;
 use crate::results::{PersonAffect, ResultSink, SpanEvent, TrackSpan};
 use crate::types::{TrackKey, rfc3339};
 
@@ -40,8 +42,8 @@ pub struct TrackEntry {
     /// The latest box known, normalised to [0, 1]: x1, y1, x2, y2.
     #[serde(rename = "box")]
     pub bbox: [f32; 4],
-    /// The latest person message published for the track (`affectd.person/1`, without the
-    /// embedding); `null` until its first window.
+    /// The latest person message published for the track (`affectd.person/2`, without `seq`
+    /// and the embedding); `null` until its first window.
     pub person: Option<PersonMessage>,
 }
 
@@ -76,6 +78,28 @@ impl LiveTracks {
             .collect();
         entries.sort_by(|a, b| (&a.camera, a.track_id).cmp(&(&b.camera, b.track_id)));
         entries
+    }
+
+    /// The latest read-out of each open track of `camera` that has one, by track id (what
+    /// the debug view writes beside the boxes).
+    pub fn labels(&self, camera: &str) -> HashMap<u64, Label> {
+        let table = self.table.lock();
+        table
+            .iter()
+            .filter(|((c, _), _)| &**c == camera)
+            .filter_map(|((_, id), open)| {
+                let (a, _) = open.latest.as_ref()?;
+                let top = a.classes.get(Readout::top(&a.affect))?;
+                Some((
+                    *id,
+                    Label {
+                        top_emotion: top.clone(),
+                        valence: a.affect.valence,
+                        arousal: a.affect.arousal,
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// Open tracks of `camera`.

@@ -1,4 +1,9 @@
 //! The running stages: started in dependency order, stopped in data-flow order.
+//!
+//! In: the config, the [`Health`] registry, the root stop token. Out: [`Stages`], every stage
+//! started and registered in `health` (`mqtt`, `capture`, `encoder`, `ingest-<id>` per
+//! camera, `analytics`). Owns: the stage handles until [`Stages::shutdown`], which waits for
+//! each with a deadline and names in the log what did not finish.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,7 +13,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::analytics::{Analytics, Pipeline};
 use crate::capture::{Capture, Manifest};
@@ -17,7 +22,10 @@ use crate::detect::Detector;
 use crate::encode::{self, EncoderSender, EncoderStage, Settings, StageOptions, WindowTap};
 use crate::health::Health;
 use crate::ingest::Ingest;
-use crate::observe::{self, CameraSource, LiveTracks, Metrics, Observed, Running, Server, Sources};
+use crate::observe::{
+    self, CameraSource, LiveTracks, Metrics, Observed, Running, Server, Sources, View,
+    ViewSettings, ViewTap,
+};
 use crate::publish::{self, Publisher, ResultPublisher};
 use crate::results::ResultSink;
 use crate::types::{CameraId, CameraState, CameraStatus};
@@ -60,8 +68,19 @@ impl Stages {
         }));
         let mqtt = publish::start(&config.mqtt, &config.node.id, stop.child_token())
             .context("cannot start MQTT")?;
+        health.watch("mqtt", mqtt.beat());
+        let people = publish::home_assistant::start(
+            &mqtt,
+            &config.mqtt,
+            &config.node.id,
+            config
+                .enabled_cameras()
+                .map(|c| c.id.as_str().into())
+                .collect(),
+        );
         let publisher =
-            ResultPublisher::new(mqtt.clone(), &config.node.id, metrics.results.clone());
+            ResultPublisher::new(mqtt.clone(), &config.node.id, metrics.results.clone())
+                .with_people_in_view(people);
         // What the trackers can hold at once bounds the live track table.
         let capacity = config.enabled_cameras().count() * config.track.max_tracks;
         let tracks = Arc::new(LiveTracks::new(Arc::new(publisher), capacity));
@@ -85,13 +104,20 @@ impl Stages {
             }),
             None => None,
         };
-        let ingest = Ingest::start(&config.cameras, &config.ingest, stop.child_token())
-            .context("cannot start ingest")?;
+        let ingest =
+            Ingest::start_watched(&config.cameras, &config.ingest, stop.child_token(), health)
+                .context("cannot start ingest")?;
         let statuses = ingest.statuses();
         let status_task = publish::spawn_camera_status(mqtt.clone(), statuses.clone());
+        let view = Arc::new(ViewTap::new(
+            config
+                .enabled_cameras()
+                .map(|c| CameraId::from(c.id.as_str())),
+        ));
         let analytics = Analytics::spawn(
             ingest.hub(),
             pipeline,
+            Arc::clone(&view),
             health.register("analytics"),
             stop.child_token(),
         )
@@ -106,6 +132,17 @@ impl Stages {
                     mqtt: mqtt.clone(),
                     health: health.clone(),
                 },
+                view: Arc::new(View::new(
+                    view,
+                    Arc::clone(&tracks),
+                    ViewSettings {
+                        fps: config.http.view_fps,
+                        max_viewers: config.http.max_viewers,
+                        max_width: config.http.view_max_width,
+                    },
+                    metrics.view.clone(),
+                    stop.clone(),
+                )),
                 metrics,
                 tracks,
                 model_configured: config.model.is_some(),
@@ -182,7 +219,8 @@ impl Stages {
         }
         let budget = share(0.5);
         blocking("ingest", move || ingest.stop(budget)).await?;
-        blocking("analytics", move || analytics.stop()).await?;
+        let budget = share(0.3);
+        blocking("analytics", move || analytics.stop(budget)).await?;
         if let Some(encoder) = encoder {
             let budget = share(0.5);
             blocking("encoder", move || encoder.stop(budget)).await?;
@@ -192,7 +230,14 @@ impl Stages {
             blocking("capture", move || capture.stop(budget)).await?;
         }
         let report = mqtt.shutdown(share(1.0)).await;
-        let _ = status_task.await;
+        // The status task ends with the publisher; it is not waited for past the deadline.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left.max(Duration::from_millis(100)), status_task)
+            .await
+            .is_err()
+        {
+            warn!("the camera status task did not stop in time");
+        }
         info!(mqtt = %report, "stopped");
         Ok(())
     }
@@ -251,8 +296,13 @@ fn start_encoder(
                 &loaded.id.name,
             );
             Some(
-                Capture::start(capture_cfg, &manifest, stop.child_token())
-                    .context("cannot start [capture]")?,
+                Capture::start_watched(
+                    capture_cfg,
+                    &manifest,
+                    stop.child_token(),
+                    health.register("capture"),
+                )
+                .context("cannot start [capture]")?,
             )
         }
         None => None,
