@@ -80,7 +80,6 @@ fn rtsp_outage_recovers_without_restart_while_another_camera_keeps_streaming() {
     );
     // The shipped ingest defaults (stall 10 s, backoff 0.5 s doubling to 5 s).
     let mut daemon = Daemon::start(&config(&broker, &cameras, ""));
-    let pid = daemon.child.id();
 
     assert!(
         // Cut the server only once the session is settled (measured fps): stopping the test
@@ -135,8 +134,10 @@ fn rtsp_outage_recovers_without_restart_while_another_camera_keeps_streaming() {
             .all(|s| s["state"] == "streaming" && s["restarts"] == 0),
         "{lab:?}"
     );
+    // The same process throughout (the child never exited), and the camera came back through
+    // its own pipeline restart, never a daemon restart: one start in the log.
     assert!(daemon.is_running());
-    assert_eq!(daemon.child.id(), pid, "the process was never restarted");
+    assert_eq!(daemon.log().matches("http listening").count(), 1);
     let (status, _) = daemon.terminate(Duration::from_secs(6));
     assert!(status.success());
 }

@@ -303,3 +303,50 @@ impl EncoderStage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::types::{BBox, Frame};
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_sample_and_counts_it() {
+        let samples = Arc::new(ArrayQueue::new(2));
+        let (doorbell, _ring) = crossbeam_channel::bounded(1);
+        let (control, _control_rx) = crossbeam_channel::unbounded();
+        let sender = EncoderSender {
+            samples: Arc::clone(&samples),
+            next: Arc::default(),
+            doorbell,
+            control,
+            dropped: Arc::default(),
+        };
+        for track_id in 0..5 {
+            sender.sample(PersonSample {
+                frame: Frame {
+                    camera: Arc::from("cam"),
+                    seq: track_id,
+                    pts: None,
+                    wall: SystemTime::now(),
+                    width: 2,
+                    height: 2,
+                    rgb: vec![0; 12].into(),
+                },
+                track_id,
+                bbox: BBox::new(0.0, 0.0, 1.0, 1.0),
+            });
+        }
+        assert_eq!(
+            (sender.received(), sender.dropped(), sender.queued()),
+            (5, 3, 2)
+        );
+        // What waits is the newest two, in order: the oldest three went.
+        let left: Vec<(u64, u64)> = std::iter::from_fn(|| samples.pop())
+            .map(|s| (s.n, s.sample.track_id))
+            .collect();
+        assert_eq!(left, [(3, 3), (4, 4)]);
+    }
+}
