@@ -35,7 +35,6 @@
 //! naming `mqtt.outbox_dir`. A failed commit (disk full) is logged and its results go out
 //! unspooled: delivery never waits on a broken disk.
 
-use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -464,18 +463,13 @@ impl SeqFile {
     }
 }
 
+/// The seq file, replaced durably (see [`crate::durable`]).
 fn write_atomic(path: &Path, value: u64) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "{value}")?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    crate::durable::replace_bytes(
+        path,
+        crate::durable::PRIVATE_MODE,
+        format!("{value}\n").as_bytes(),
+    )
 }
 
 #[cfg(test)]
