@@ -44,14 +44,7 @@ fn closed_port() -> u16 {
 
 /// `affectd run` under a notify socket with a watchdog, as systemd would start it.
 fn start(config: &str, notify: &NotifySocket) -> Daemon {
-    Daemon::start_with(config, |command| {
-        // No WATCHDOG_PID: sd-notify then takes WATCHDOG_USEC as meant for this process.
-        command
-            .env("NOTIFY_SOCKET", notify.path())
-            .env("WATCHDOG_USEC", WATCHDOG.as_micros().to_string())
-            .env_remove("WATCHDOG_PID")
-            .env_remove("JOURNAL_STREAM");
-    })
+    Daemon::start_with(config, |command| notify.environ(command, WATCHDOG))
 }
 
 fn signal(daemon: &Daemon, name: &str) {

@@ -228,18 +228,9 @@ impl DatasetWriter {
     }
 
     fn append_index(&self, sample: &SampleMeta) -> Result<(), CaptureError> {
-        let path = self.dir.join(INDEX);
         let mut line = serde_json::to_vec(sample).expect("a sample serialises");
         line.push(b'\n');
-        let mut file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(PRIVATE_MODE)
-            .open(&path)
-            .map_err(CaptureError::io(&path))?;
-        file.write_all(&line)
-            .and_then(|()| file.sync_data())
-            .map_err(CaptureError::io(&path))
+        append_synced(&self.dir.join(INDEX), &line)
     }
 
     /// Beyond the quota, deletes the oldest samples down to 90% of it (so that the index is
@@ -337,18 +328,9 @@ fn quarantine(dir: &Path, lines: &[String], files: &[PathBuf]) -> Result<(), Cap
     let q = dir.join(QUARANTINE);
     std::fs::create_dir_all(&q).map_err(CaptureError::io(&q))?;
     if !lines.is_empty() {
-        let path = q.join("index-lines.jsonl");
-        let mut file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(PRIVATE_MODE)
-            .open(&path)
-            .map_err(CaptureError::io(&path))?;
         let mut text = lines.join("\n");
         text.push('\n');
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_data())
-            .map_err(CaptureError::io(&path))?;
+        append_synced(&q.join("index-lines.jsonl"), text.as_bytes())?;
     }
     for f in files {
         let Some(name) = f.file_name() else { continue };
@@ -375,6 +357,19 @@ fn write_index(dir: &Path, samples: &[SampleMeta]) -> Result<(), CaptureError> {
         text.push(b'\n');
     }
     write_atomic(&dir.join(INDEX), &text)
+}
+
+/// Appends `bytes` to `path` (created mode 0640) and flushes them to the disk.
+fn append_synced(path: &Path, bytes: &[u8]) -> Result<(), CaptureError> {
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(PRIVATE_MODE)
+        .open(path)
+        .map_err(CaptureError::io(path))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_data())
+        .map_err(CaptureError::io(path))
 }
 
 /// Writes `bytes` durably over `path` (see [`crate::durable`]), mode 0640.

@@ -33,6 +33,17 @@ pub struct NotifySocket {
 }
 
 impl NotifySocket {
+    /// Sets `command`'s environment as systemd does for a `Type=notify` service with
+    /// `WatchdogSec=watchdog`: this socket, and `WATCHDOG_USEC` without `WATCHDOG_PID` (so
+    /// sd-notify takes the watchdog as meant for the process it starts).
+    pub fn environ(&self, command: &mut std::process::Command, watchdog: Duration) {
+        command
+            .env("NOTIFY_SOCKET", self.path())
+            .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
+            .env_remove("WATCHDOG_PID")
+            .env_remove("JOURNAL_STREAM");
+    }
+
     /// Binds a fresh socket (a short path under the temp folder: Unix socket paths are
     /// limited to 107 bytes) and starts recording.
     pub fn bind() -> NotifySocket {
