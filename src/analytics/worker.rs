@@ -8,9 +8,10 @@
 //! camera's debug view it also offers that camera's frames with their tracks to the view
 //! (a pointer copy; the drawing is done elsewhere).
 //!
-//! Liveness: the thread beats (stage `analytics`) after each wake-up that made progress: an
-//! idle one (no frame waited `IDLE_WAKE`) or a batch the detector ran. A detector that fails
-//! on every batch never beats again, so the watchdog stops after `[service] stage_stall_s`;
+//! Liveness: the thread beats (stage `analytics`) after each wake-up that made progress: a
+//! batch the detector ran, or an idle one (no frame waited `IDLE_WAKE`) while its last run
+//! succeeded. A detector that fails on every batch never beats again, even between frames,
+//! so the watchdog stops after `[service] stage_stall_s`;
 //! consecutive failures are counted and logged at powers of two.
 
 use std::collections::HashMap;
@@ -145,10 +146,13 @@ impl Worker {
         }
     }
 
-    /// Detects and tracks one batch; false when the detector failed (no progress).
+    /// Detects and tracks one batch; false when the detector failed (no progress). An idle
+    /// wake-up is progress only while the detector's last run succeeded: a detector failing
+    /// every batch must not be kept alive by the pauses between frames (a low `fps`, a slow
+    /// source).
     fn process(&mut self, frames: &[Frame]) -> bool {
         if frames.is_empty() {
-            return true;
+            return self.failures == 0;
         }
         let refs: Vec<&Frame> = frames.iter().collect();
         let t0 = Instant::now();
