@@ -7,6 +7,8 @@ mod daemon;
 mod mosquitto;
 #[path = "common/rtsp.rs"]
 mod rtsp;
+#[path = "common/serial.rs"]
+mod serial;
 
 use std::path::Path;
 use std::process::Command;
@@ -30,7 +32,8 @@ fn is_state(m: &Msg, camera: &str, state: &str) -> bool {
 }
 
 #[test]
-fn clip_streams_near_8_fps_and_sigterm_publishes_offline_within_5_s() {
+fn clip_streams_near_8_fps_and_sigterm_publishes_offline_within_shutdown_timeout_s() {
+    let _cores = serial::timed();
     let broker = Mosquitto::start();
     let sub = Subscriber::new(&broker, "affectd/#");
     let cameras = format!(
@@ -61,7 +64,8 @@ fn clip_streams_near_8_fps_and_sigterm_publishes_offline_within_5_s() {
 
     let (status, took) = daemon.terminate(Duration::from_secs(6));
     assert!(status.success(), "exit {status:?}:\n{}", daemon.log());
-    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    // The README: exit within `[service] shutdown_timeout_s` (4 s shipped).
+    assert!(took <= Duration::from_secs(4), "shutdown took {took:?}");
     // The retained node status a newcomer sees is `offline`.
     let late = Subscriber::new(&broker, &format!("affectd/{NODE}/status"));
     let retained = late.wait_for(Duration::from_secs(3), |m| m.retain);
@@ -70,6 +74,7 @@ fn clip_streams_near_8_fps_and_sigterm_publishes_offline_within_5_s() {
 
 #[test]
 fn rtsp_outage_recovers_without_restart_while_another_camera_keeps_streaming() {
+    let _cores = serial::timed();
     gstreamer::init().unwrap();
     let broker = Mosquitto::start();
     let sub = Subscriber::new(&broker, "affectd/#");
@@ -117,9 +122,13 @@ fn rtsp_outage_recovers_without_restart_while_another_camera_keeps_streaming() {
         "door did not recover:\n{}",
         daemon.log()
     );
-    eprintln!(
-        "door recovered {:?} after the server came back",
-        back.elapsed()
+    let recovered_after = back.elapsed();
+    eprintln!("door recovered {recovered_after:?} after the server came back");
+    // The README: back within `backoff_max_s` (5 s shipped) plus 2 s to open the stream.
+    assert!(
+        recovered_after <= Duration::from_secs(7),
+        "door streamed again {recovered_after:?} after the server came back, over 5 s + 2 s:\n{}",
+        daemon.log()
     );
 
     // The other camera streamed throughout: every status it sent during the outage says so.
@@ -144,6 +153,7 @@ fn rtsp_outage_recovers_without_restart_while_another_camera_keeps_streaming() {
 
 #[test]
 fn broker_restart_is_survived() {
+    let _cores = serial::timed();
     let mut broker = Mosquitto::start();
     let sub = Subscriber::new(&broker, "affectd/#");
     let cameras = "[[camera]]\nid = \"lab\"\nuri = \"test:smpte\"\n";
@@ -282,6 +292,7 @@ fn demo_config(broker: &Mosquitto) -> String {
 
 #[test]
 fn demo_publishes_schema_valid_person_messages_for_the_people_walking() {
+    let _cores = serial::heavy();
     let broker = Mosquitto::start();
     let sub = Subscriber::new(&broker, "affectd/#");
     let mut daemon = Daemon::start(&demo_config(&broker));
@@ -360,7 +371,8 @@ fn demo_publishes_schema_valid_person_messages_for_the_people_walking() {
         assert!((sum - 1.0).abs() < 1e-3, "scores sum to {sum}");
         assert_eq!(v["scores"].as_object().unwrap().len(), 11);
         let latency = v["latency_ms"].as_f64().unwrap();
-        assert!(latency > 0.0 && latency < 60_000.0, "latency {latency} ms");
+        // The README's bound for the demo on 2 cores (measured max 2.6 s).
+        assert!(latency > 0.0 && latency <= 5_000.0, "latency {latency} ms");
         per_track.entry(id).or_default().push(v);
     }
     // Rate: a track publishes at most once per `update_every` (2) samples, taken every
@@ -382,6 +394,7 @@ fn demo_publishes_schema_valid_person_messages_for_the_people_walking() {
 
 #[test]
 fn capture_stores_the_windows_the_encoder_saw_for_each_track() {
+    let _cores = serial::timed();
     use affectd::capture::Dataset;
     use affectd::model::{EmotionClip, EmotionClipConfig, preprocess};
     use candle_core::Device;

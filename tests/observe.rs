@@ -326,7 +326,7 @@ fn a_live_daemon_passes_promtool_and_shows_its_cameras_and_tracks() {
     let latency_mean = value(&s, "affectd_person_latency_seconds_sum") / latency_n;
     assert!(latency_n >= 1.0);
     assert!(
-        (0.0..60.0).contains(&latency_mean),
+        (0.0..=5.0).contains(&latency_mean),
         "mean latency {latency_mean} s"
     );
     assert_eq!(value(&s, "affectd_mqtt_connected"), 1.0);

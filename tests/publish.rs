@@ -2,6 +2,8 @@
 
 #[path = "common/mosquitto.rs"]
 mod mosquitto;
+#[path = "common/serial.rs"]
+mod serial;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +53,7 @@ fn json(payload: &[u8]) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_is_retained_on_connect_and_offline_after_clean_shutdown() {
+    let _cores = serial::timed();
     let broker = Mosquitto::start();
     let publisher = start_connected(&config(broker.port()), "n1").await;
     // A subscriber that connects later still sees `online`: it is retained.
@@ -83,6 +86,7 @@ async fn online_is_retained_on_connect_and_offline_after_clean_shutdown() {
 
 #[test]
 fn the_broker_publishes_the_will_when_the_process_dies() {
+    let _cores = serial::timed();
     let broker = Mosquitto::start();
     let sub = Subscriber::new(&broker, "affectd/n2/status");
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -100,6 +104,7 @@ fn the_broker_publishes_the_will_when_the_process_dies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn camera_status_json_arrives_changes_propagate_and_repeats() {
+    let _cores = serial::timed();
     let broker = Mosquitto::start();
     let sub = Subscriber::new(&broker, "affectd/n3/+/status");
     let config = MqttConfig {
@@ -160,6 +165,7 @@ async fn camera_status_json_arrives_changes_propagate_and_repeats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_is_survived() {
+    let _cores = serial::timed();
     let mut broker = Mosquitto::start();
     let results = Subscriber::new(&broker, "affectd/n4/results");
     let publisher = start_connected(&config(broker.port()), "n4").await;
@@ -245,6 +251,7 @@ async fn broker_restart_is_survived() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_never_blocks_when_the_broker_is_unreachable() {
+    let _cores = serial::timed();
     // Nothing listens on this port.
     let port = mosquitto::free_port();
     let config = MqttConfig {
@@ -279,6 +286,7 @@ async fn publishing_never_blocks_when_the_broker_is_unreachable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throughput_and_shutdown_flush_against_mosquitto() {
+    let _cores = serial::heavy();
     let broker = Mosquitto::start();
     let publisher = start_connected(&config(broker.port()), "n6").await;
     let n = 10_000u64;
@@ -320,6 +328,7 @@ async fn throughput_and_shutdown_flush_against_mosquitto() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_login_works_and_a_wrong_password_is_reported_and_retried() {
+    let _cores = serial::timed();
     let broker = Mosquitto::with(Options {
         users: vec![("affectd".into(), "s3cret pass".into())],
         ..Options::default()
@@ -482,6 +491,7 @@ impl std::io::Write for Captured {
 // Single-threaded runtime: the event-loop task logs on this thread, into this subscriber.
 #[tokio::test]
 async fn a_refused_login_is_logged_as_an_error_without_the_password() {
+    let _cores = serial::timed();
     let broker = Mosquitto::with(Options {
         users: vec![("affectd".into(), "right-password".into())],
         ..Options::default()
@@ -518,6 +528,7 @@ async fn a_refused_login_is_logged_as_an_error_without_the_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_in_flight_when_the_broker_dies_are_sent_again() {
+    let _cores = serial::timed();
     let mut broker = Mosquitto::start();
     let config = MqttConfig {
         outbox_capacity: 50_000,
@@ -560,6 +571,7 @@ async fn messages_in_flight_when_the_broker_dies_are_sent_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_at_qos_0_and_2_are_delivered_and_accounted() {
+    let _cores = serial::timed();
     let broker = Mosquitto::start();
     let sub = Subscriber::new(&broker, "affectd/+/results");
     for qos in [0u8, 2] {
@@ -600,6 +612,7 @@ async fn results_at_qos_0_and_2_are_delivered_and_accounted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_status_changes_is_coalesced_to_the_latest() {
+    let _cores = serial::timed();
     let broker = Mosquitto::start();
     let sub = Subscriber::new(&broker, "affectd/n11/cam/status");
     let publisher = start_connected(&config(broker.port()), "n11").await;

@@ -347,7 +347,10 @@ fn a_reload_under_load_swaps_the_model_and_drops_no_track() {
     );
     let last = sub.mark();
     let later = sub.wait_for_after(last, Duration::from_secs(10), |m| person(m).is_some());
-    assert_eq!(later.and_then(|m| person(&m)).map(|(_, w)| w), Some(id_b));
+    assert_eq!(
+        later.and_then(|m| person(&m)).map(|(_, w)| w),
+        Some(id_b.clone())
+    );
 
     // The stream never stopped: every camera status since the first model served says
     // streaming, and the node never went offline. A fast run can be over within one status
@@ -382,5 +385,62 @@ fn a_reload_under_load_swaps_the_model_and_drops_no_track() {
         daemon.child.try_wait().unwrap().is_none(),
         "the daemon exited"
     );
+    every_live_track_survived(&sub.messages(), &live, &id_b);
     eprintln!("reload test took {:?}", t0.elapsed());
 }
+
+/// Every track live at the reload (published with the first model and not ended at SIGHUP)
+/// that was still in view once the new model served published with it under the same id,
+/// with no `end` before. A track whose person left before then ends without a message from
+/// the new model: that is the tracker, not the reload. "Then" is the last frame of the first
+/// window the new model published, plus [`SURVIVAL_SLACK`] for a window update to come due.
+fn every_live_track_survived(messages: &[Msg], live: &BTreeSet<u64>, id_b: &str) {
+    let wall = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{v}: {e}"))
+    };
+    let first_b = messages
+        .iter()
+        .find(|m| person(m).is_some_and(|(_, w)| w == id_b))
+        .expect("the new model published");
+    let swap = wall(&json(first_b)["window"]["end"]);
+    let mut outcomes = Vec::new();
+    for &track in live {
+        let first_b_index = messages
+            .iter()
+            .position(|m| person(m).is_some_and(|(t, w)| t == track && w == id_b));
+        let end = messages.iter().position(|m| ended(m) == Some(track));
+        match (first_b_index, end) {
+            (Some(b), end) => {
+                assert!(
+                    end.is_none_or(|e| e > b),
+                    "track {track} ended (message #{end:?}) before publishing with the new model (#{b})"
+                );
+                outcomes.push(format!("{track}: survived"));
+            }
+            (None, Some(e)) => {
+                let last_seen = wall(&json(&messages[e])["last_seen"]);
+                let after_swap = (last_seen - swap).num_milliseconds() as f64 / 1000.0;
+                assert!(
+                    after_swap <= SURVIVAL_SLACK,
+                    "track {track} was live at the reload and seen {after_swap:.2} s after the new \
+                     model served, but never published with it"
+                );
+                outcomes.push(format!("{track}: left {after_swap:.2} s after the swap"));
+            }
+            (None, None) => panic!(
+                "track {track} was live at the reload, never ended and never published with the \
+                 new model"
+            ),
+        }
+    }
+    eprintln!("live tracks at the reload: {outcomes:?}");
+    assert!(
+        outcomes.iter().any(|o| o.ends_with("survived")),
+        "no live track survived: {outcomes:?}"
+    );
+}
+
+/// Seconds after the new model's first window for a live track's next window update
+/// (`update_every = 2` sampled frames at 8 fps is 0.25 s; the rest is the queue ahead of it).
+const SURVIVAL_SLACK: f64 = 2.0;

@@ -11,6 +11,8 @@ mod daemon;
 mod http;
 #[path = "common/mosquitto.rs"]
 mod mosquitto;
+#[path = "common/serial.rs"]
+mod serial;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -159,6 +161,7 @@ fn read_parts(stream: TcpStream, span: Duration) -> Vec<Vec<u8>> {
 
 #[test]
 fn frames_are_drawn_only_for_viewers_at_the_capped_rate() {
+    let _cores = serial::timed();
     let broker = Mosquitto::start();
     let (mut daemon, addr) = start(&broker);
     wait_for_a_person(&mut daemon, addr, Duration::from_secs(60));
@@ -387,6 +390,7 @@ const PAGE_STATE: &str = r#"JSON.stringify({
 
 #[test]
 fn the_page_shows_the_camera_and_the_people_in_a_real_browser() {
+    let _cores = serial::heavy();
     let Some(mut browser) = Browser::start() else {
         eprintln!(
             "SKIPPED: {CHROMIUM} is missing; install the Debian package chromium \
