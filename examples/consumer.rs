@@ -11,20 +11,30 @@
 //! Gaps are counted over what this consumer received: alone in its group that is every
 //! message; in a group of several each member sees a share, and the group's union (the
 //! `message` lines of every member, `--messages`) is what shows gaps.
+//!
+//! Leaving the group: on SIGINT or SIGTERM (or after `--seconds`) the consumer sends
+//! DISCONNECT and takes every message that was already on its way before exiting. Its
+//! session outlives it by `--session-expiry-s`: while the session lasts the broker keeps
+//! assigning it a share of the stream (mosquitto 2.0 queues that share for its return), so a
+//! member that stops for good and wants the others to take the whole stream at once runs with
+//! `--session-expiry-s 0`. `tests/fleet.rs` runs this file's [`run`] against real daemons
+//! and brokers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
 #[command(about = "Consume affectd results in an MQTT v5 consumer group")]
-struct Args {
+pub struct Args {
     /// Broker host (an edge broker, or the central one the edges bridge to).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -36,6 +46,12 @@ struct Args {
     /// MQTT client id; keep it across restarts for the broker to keep the session.
     #[arg(long)]
     client_id: Option<String>,
+    /// User name at the broker (the central broker's consumer listener wants one).
+    #[arg(long)]
+    username: Option<String>,
+    /// File holding the password of `--username` (a trailing newline is ignored).
+    #[arg(long, requires = "username")]
+    password_file: Option<PathBuf>,
     /// First topic level of the daemons (`[mqtt] topic_prefix`).
     #[arg(long, default_value = "affectd")]
     prefix: String,
@@ -48,7 +64,8 @@ struct Args {
     /// Stop after this many seconds (default: run until killed).
     #[arg(long)]
     seconds: Option<f64>,
-    /// Seconds the broker keeps this consumer's session (and queues for it) while it is away.
+    /// Seconds the broker keeps this consumer's session (and queues its share for it) while it
+    /// is away; 0: the session ends with the connection and the group takes its share.
     #[arg(long, default_value_t = 3600)]
     session_expiry_s: u32,
 }
@@ -87,7 +104,11 @@ impl Minute {
     }
 }
 
+/// Where the JSON lines go: stdout for the command, anything for a test.
+pub type Sink = Box<dyn FnMut(Value) + Send>;
+
 struct Consumer {
+    out: Sink,
     person: jsonschema::Validator,
     track: jsonschema::Validator,
     seq: BTreeMap<String, NodeSeq>,
@@ -98,7 +119,7 @@ struct Consumer {
 }
 
 impl Consumer {
-    fn new(args: &Args) -> anyhow::Result<Self> {
+    fn new(args: &Args, out: Sink) -> anyhow::Result<Self> {
         let load = |name: &str| -> anyhow::Result<jsonschema::Validator> {
             let path = args.schemas.join(name);
             let text = std::fs::read_to_string(&path)
@@ -110,6 +131,7 @@ impl Consumer {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
         };
         Ok(Self {
+            out,
             person: load("person.v2.schema.json")?,
             track: load("track.v2.schema.json")?,
             seq: BTreeMap::new(),
@@ -143,9 +165,8 @@ impl Consumer {
             entry.duplicates += 1;
         }
         if self.emit_messages {
-            println!(
-                "{}",
-                json!({"kind": "message", "node": node, "seq": seq, "topic": topic, "duplicate": duplicate})
+            (self.out)(
+                json!({"kind": "message", "node": node, "seq": seq, "topic": topic, "duplicate": duplicate}),
             );
         }
         if duplicate || value["schema"] != "affectd.person/2" {
@@ -174,10 +195,7 @@ impl Consumer {
 
     fn reject(&mut self, topic: &str, why: &str) {
         self.invalid += 1;
-        println!(
-            "{}",
-            json!({"kind": "invalid", "topic": topic, "problem": why})
-        );
+        (self.out)(json!({"kind": "invalid", "topic": topic, "problem": why}));
     }
 
     /// Prints the minutes that are over: older than the newest minute seen of the same camera
@@ -198,7 +216,7 @@ impl Consumer {
             .collect();
         for key in done {
             if let Some(m) = self.minutes.remove(&key) {
-                println!("{}", m.line(&key.0, &key.1, &key.2));
+                (self.out)(m.line(&key.0, &key.1, &key.2));
             }
         }
     }
@@ -225,10 +243,11 @@ impl Consumer {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let mut consumer = Consumer::new(&args)?;
+/// Consumes until `stop` completes, then leaves (DISCONNECT) and takes what was already on its
+/// way; every line goes to `out`, the `summary` last (also returned). Fails when the broker
+/// refuses the connection's subscriptions (an ACL, a broker without shared subscriptions).
+pub async fn run(args: &Args, out: Sink, stop: impl Future<Output = ()>) -> anyhow::Result<Value> {
+    let mut consumer = Consumer::new(args, out)?;
     let id = args
         .client_id
         .clone()
@@ -238,28 +257,34 @@ async fn main() -> anyhow::Result<()> {
         .set_keep_alive(Duration::from_secs(15))
         .set_clean_start(false)
         .set_session_expiry_interval(Some(args.session_expiry_s));
+    if let Some(user) = &args.username {
+        let password = match &args.password_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+            None => String::new(),
+        };
+        options.set_credentials(user, password);
+    }
     let (client, mut events) = AsyncClient::new(options, 256);
     let prefix = &args.prefix;
     let topics = [
         format!("$share/{}/{prefix}/+/+/person/+", args.group),
         format!("$share/{}/{prefix}/+/+/tracks", args.group),
     ];
-    let deadline = args
-        .seconds
-        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    tokio::pin!(stop);
+    let mut granted = 0;
     loop {
-        let wait = deadline.map_or(Duration::from_secs(3600), |d| {
-            d.saturating_duration_since(Instant::now())
-        });
         let event = tokio::select! {
             e = events.poll() => e,
-            () = tokio::time::sleep(wait) => break,
-            _ = tokio::signal::ctrl_c() => break,
+            () = &mut stop => break,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 // Subscribed again on every connection: a broker that lost the session
                 // (restarted without persistence) still gets the subscriptions.
+                granted = 0;
                 for t in &topics {
                     client.subscribe(t.clone(), QoS::AtLeastOnce).await?;
                 }
@@ -268,6 +293,21 @@ async fn main() -> anyhow::Result<()> {
                     args.host, args.port, args.group
                 );
             }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if let Some(code) = ack
+                    .return_codes
+                    .iter()
+                    .find(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+                {
+                    anyhow::bail!("the broker refused a subscription: {code:?}");
+                }
+                granted += 1;
+                if granted == topics.len() {
+                    (consumer.out)(
+                        json!({"kind": "subscribed", "group": args.group, "filters": topics}),
+                    );
+                }
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let topic = String::from_utf8_lossy(&p.topic).into_owned();
                 consumer.take(&topic, &p.payload);
@@ -275,11 +315,61 @@ async fn main() -> anyhow::Result<()> {
             Ok(_) => {}
             Err(e) => {
                 eprintln!("consumer: {e}; reconnecting in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = &mut stop => break,
+                }
             }
         }
     }
-    println!("{}", consumer.summary());
-    let _ = client.disconnect().await;
+    // Leave: DISCONNECT, then take what arrived before the broker closed the connection. The
+    // client acknowledges a message as it reads it, before handing it over, so those are
+    // messages the broker will not send to anyone again.
+    if client.disconnect().await.is_ok() {
+        let drain = async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                        consumer.take(&topic, &p.payload);
+                    }
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Ok(_) => {}
+                    // Closed (or never connected): polling again would reconnect.
+                    Err(_) => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+    }
+    let summary = consumer.summary();
+    (consumer.out)(summary.clone());
+    Ok(summary)
+}
+
+/// SIGINT, SIGTERM or the deadline.
+async fn stopped(deadline: Option<Instant>) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    let wait = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        () = wait => {}
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let deadline = args
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let out: Sink = Box::new(|line| println!("{line}"));
+    run(&args, out, stopped(deadline)).await?;
     Ok(())
 }

@@ -29,6 +29,10 @@ pub struct Options {
     /// [`Mosquitto::stop_gracefully`]), with no limit on the messages queued per client: what
     /// a persistent-session subscriber ([`Subscriber::persistent`]) needs to miss nothing.
     pub persistence: bool,
+    /// Config lines appended after the listeners (a bridge section; after the last listener,
+    /// so listener options here apply to the TLS listener that requires client certificates
+    /// when `tls`).
+    pub extra: String,
 }
 
 /// TLS material generated for one broker, all PEM.
@@ -45,6 +49,7 @@ pub struct TlsFiles {
 pub struct Mosquitto {
     dir: tempfile::TempDir,
     persistence: bool,
+    extra: String,
     password_file: Option<PathBuf>,
     tls: Option<TlsFiles>,
     port: u16,
@@ -80,6 +85,7 @@ impl Mosquitto {
         let mut broker = Mosquitto {
             dir,
             persistence: options.persistence,
+            extra: options.extra,
             password_file,
             tls,
             port: 0,
@@ -270,6 +276,7 @@ impl Mosquitto {
                 );
             }
         }
+        text += &self.extra;
         text
     }
 }
