@@ -1,8 +1,10 @@
 //! EmotionCLIP encoder throughput: affectd's candle frame encoder (seeded random ViT-B/32, f32,
-//! CPU) against the same architecture in PyTorch (open_clip `ViT-B-32`) and in ONNX Runtime
-//! (that tower exported to ONNX), on the same pixels with the same thread count, side by side
-//! in one run; then the temporal encoder, incremental vs naive window updates, and the
-//! resident memory of `affectd run` with ViT-B/32 loaded.
+//! CPU) and the same weights exported by `affectd export-onnx` run in ONNX Runtime
+//! (affectd-ONNX), against the same architecture in PyTorch (open_clip `ViT-B-32`) and in ONNX
+//! Runtime (that tower exported to ONNX by PyTorch), on the same pixels with the same thread
+//! count, side by side in one run; then the temporal encoder (candle and affectd-ONNX),
+//! incremental vs naive window updates, and the resident memory of `affectd run` with
+//! ViT-B/32 loaded.
 //!
 //! Run: `cargo bench --config 'profile.dev.package.affectd.opt-level=3' --profile dev
 //! --bench encoder`, adding `--config profile.dev.package.P.debug-assertions=false` and
@@ -18,6 +20,9 @@
 //!
 //! `AFFECTD_BENCH_REFERENCE=none` runs without the Python references (no `.venv-bench`: their
 //! columns print as NaN); the temporal, window-update and memory figures are affectd's alone.
+//! `AFFECTD_BENCH_ONLY=encoders` stops after the frame and temporal encoders. affectd-ONNX
+//! loads ONNX Runtime from `ORT_DYLIB_PATH` (scripts/env.sh) or the daemon's search list; the
+//! fused node counts of its optimised frame graph are printed too.
 //!
 //! `AFFECTD_BENCH_PROFILE=B,N` runs only N candle forwards at batch B (random pixels) and exits:
 //! a steady loop to put under `perf record` (see BENCHMARKS.md).
@@ -33,8 +38,14 @@ use affectd::encode::LiveEncoder;
 use affectd::ingest::FileFrames;
 use affectd::model::preprocess::{self, CropPolicy, FrameInput};
 use affectd::model::{EmotionClip, EmotionClipConfig};
+use affectd::onnx::export::{
+    FEATURES, FRAME_ENCODER_FILE, FRAME_FEATURES, PATCH_WEIGHTS, PIXELS, TEMPORAL_ENCODER_FILE,
+};
+use affectd::onnx::{AttentionForm, Precision, WeightsSource};
 use affectd::types::{BBox, Frame, PersonSample};
 use candle_core::{Device, IndexOp, Tensor};
+use ort::session::Session;
+use ort::value::TensorRef;
 
 mod common;
 use common::env_or;
@@ -112,12 +123,41 @@ fn main() {
         .collect();
     std::fs::write(&raw, bytes).expect("write pixels");
 
+    // affectd-ONNX: the same seeded weights through `affectd export-onnx`'s exporter.
+    let mut onnx = AffectdOnnx::open(&model, &cache.join("affectd-onnx"), threads);
+    let pixel_data = pixels
+        .flatten_all()
+        .and_then(|p| p.to_vec1::<f32>())
+        .expect("pixels");
+    let patch_weights = model
+        .backbone
+        .visual
+        .patch_weights(&masks)
+        .and_then(|w| w.flatten_all())
+        .and_then(|w| w.to_vec1::<f32>())
+        .expect("patch weights");
+    let check = onnx.frames(&pixel_data, &patch_weights, 2);
+    let (want, _) = model
+        .encode_frames(&pixels.i(..2).expect("2"), &masks.i(..2).expect("2"))
+        .expect("encode");
+    let want = want
+        .flatten_all()
+        .and_then(|w| w.to_vec1::<f32>())
+        .expect("features");
+    let onnx_vs_candle = check
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+
     let mut py = (std::env::var("AFFECTD_BENCH_REFERENCE").as_deref() != Ok("none"))
         .then(|| Python::start(&python, &raw, threads, &cache));
     println!(
         "threads {threads} (candle get_num_threads {candle_threads}); {rounds} rounds of \
          >= {slice} s slices per batch size; {FRAMES} person crops of vtest; ViT-B/32 random \
-         init in {load_s:.2} s\npython: {}",
+         init in {load_s:.2} s; affectd-ONNX export in {:.2} s, max |ONNX - candle| = \
+         {onnx_vs_candle:.2e} on 2 frames\npython: {}",
+        onnx.export_s,
         py.as_ref()
             .map_or("none (AFFECTD_BENCH_REFERENCE=none)", |p| p.hello.as_str())
     );
@@ -141,13 +181,21 @@ fn main() {
         });
         reference("torch", b, 0.0);
         reference("ort", b, 0.0);
+        timed(0.0, b, || {
+            onnx.frames(&pixel_data, &patch_weights, b);
+        });
         let mut row = FrameRow::new(b);
         for _ in 0..rounds {
             let c = candle();
+            let a = timed(slice, b, || {
+                std::hint::black_box(onnx.frames(&pixel_data, &patch_weights, b));
+            });
             let t = reference("torch", b, slice);
             let o = reference("ort", b, slice);
-            eprintln!("batch {b}: candle {c:.2}, torch {t:.2}, ort {o:.2} frames/s");
-            row.push(c, t, o);
+            eprintln!(
+                "batch {b}: candle {c:.2}, affectd-onnx {a:.2}, torch {t:.2}, ort {o:.2} frames/s"
+            );
+            row.push(c, a, t, o);
         }
         frame_rows.push(row);
     }
@@ -162,19 +210,36 @@ fn main() {
     for windows in [1usize, 16] {
         let features =
             Tensor::randn(0f32, 1.0, (windows, video_len, embed), &Device::Cpu).expect("features");
+        let data = features
+            .flatten_all()
+            .and_then(|f| f.to_vec1::<f32>())
+            .expect("features");
         model.encode_video_from_features(&features).expect("warm");
-        let rates: Vec<f64> = (0..3)
-            .map(|_| {
-                timed(slice, windows, || {
-                    std::hint::black_box(
-                        model
-                            .encode_video_from_features(&features)
-                            .expect("temporal"),
-                    );
-                })
-            })
-            .collect();
-        temporal.push((windows, mean(&rates), best(&rates)));
+        onnx.video(&data, windows, video_len, embed);
+        let (mut rates, mut onnx_rates) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            rates.push(timed(slice, windows, || {
+                std::hint::black_box(
+                    model
+                        .encode_video_from_features(&features)
+                        .expect("temporal"),
+                );
+            }));
+            onnx_rates.push(timed(slice, windows, || {
+                std::hint::black_box(onnx.video(&data, windows, video_len, embed));
+            }));
+        }
+        temporal.push((
+            windows,
+            mean(&rates),
+            best(&rates),
+            mean(&onnx_rates),
+            best(&onnx_rates),
+        ));
+    }
+    if std::env::var("AFFECTD_BENCH_ONLY").as_deref() == Ok("encoders") {
+        print_encoders(threads, rounds, &onnx, &mut frame_rows, embed, &temporal);
+        return;
     }
 
     // One person, one new frame per window update: the live path encodes that frame and runs
@@ -218,33 +283,7 @@ fn main() {
 
     let rss_run = affectd_run_rss(threads);
 
-    println!("\n## EmotionCLIP encoder ({threads} threads)\n");
-    println!(
-        "| Frame encoder, ViT-B/32 f32 (person-frames/s, mean of {rounds} slices) | affectd \
-         (candle) | PyTorch | ONNX Runtime | affectd / PyTorch | affectd / ORT | median paired \
-         ratio vs PyTorch / vs ORT |"
-    );
-    println!("|---|---|---|---|---|---|---|");
-    for row in &mut frame_rows {
-        let (c, t, o) = (mean(&row.candle), mean(&row.torch), mean(&row.ort));
-        println!(
-            "| batch {} | {c:.2} (best {:.2}) | {t:.2} (best {:.2}) | {o:.2} (best {:.2}) | \
-             **{:.3}** | **{:.3}** | {:.3} / {:.3} |",
-            row.batch,
-            best(&row.candle),
-            best(&row.torch),
-            best(&row.ort),
-            c / t,
-            c / o,
-            median(&mut row.vs_torch),
-            median(&mut row.vs_ort),
-        );
-    }
-    println!("\n| Temporal encoder (6 layers over 8x{embed}) | windows/s, mean of 3 | best |");
-    println!("|---|---|---|");
-    for (windows, m, b) in &temporal {
-        println!("| {windows} window(s) per call | {m:.1} | {b:.1} |");
-    }
+    print_encoders(threads, rounds, &onnx, &mut frame_rows, embed, &temporal);
     println!("\n| Window update, 1 person, 1 new frame | updates/s, mean of 3 | best |");
     println!("|---|---|---|");
     println!(
@@ -284,6 +323,135 @@ fn main() {
             println!("| `affectd run`, VmHWM (peak) | {:.0} |", kib_to_mib(r.hwm));
         }
         Err(e) => println!("| `affectd run` | not measured: {e} |"),
+    }
+}
+
+/// (windows per call, candle mean, candle best, affectd-ONNX mean, affectd-ONNX best).
+type TemporalRow = (usize, f64, f64, f64, f64);
+
+/// The frame and temporal encoder tables.
+fn print_encoders(
+    threads: usize,
+    rounds: usize,
+    onnx: &AffectdOnnx,
+    frame_rows: &mut [FrameRow],
+    embed: usize,
+    temporal: &[TemporalRow],
+) {
+    println!("\n## EmotionCLIP encoder ({threads} threads)\n");
+    println!(
+        "| Frame encoder, ViT-B/32 f32 (person-frames/s, mean of {rounds} slices; best) | \
+         affectd (candle) | affectd-ONNX | PyTorch | ONNX Runtime (open_clip export) | \
+         affectd-ONNX / candle | affectd-ONNX / ORT | candle / PyTorch | median paired ratios \
+         affectd-ONNX / candle, / ORT |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for row in frame_rows {
+        let (c, a, t, o) = (
+            mean(&row.candle),
+            mean(&row.onnx),
+            mean(&row.torch),
+            mean(&row.ort),
+        );
+        println!(
+            "| batch {} | {c:.2} ({:.2}) | {a:.2} ({:.2}) | {t:.2} ({:.2}) | {o:.2} ({:.2}) | \
+             **{:.3}** | **{:.3}** | {:.3} | {:.3} / {:.3} |",
+            row.batch,
+            best(&row.candle),
+            best(&row.onnx),
+            best(&row.torch),
+            best(&row.ort),
+            a / c,
+            a / o,
+            c / t,
+            median(&mut row.onnx_vs_candle),
+            median(&mut row.onnx_vs_ort),
+        );
+    }
+    println!(
+        "\naffectd-ONNX frame graph after ONNX Runtime's optimisation: {:?}",
+        onnx.frame_ops
+    );
+    println!(
+        "\n| Temporal encoder (6 layers over 8x{embed}), windows/s, mean of 3 (best) | candle | \
+         affectd-ONNX |"
+    );
+    println!("|---|---|---|");
+    for (windows, m, b, om, ob) in temporal {
+        println!("| {windows} window(s) per call | {m:.1} ({b:.1}) | {om:.1} ({ob:.1}) |");
+    }
+}
+
+/// The seeded ViT-B/32 exported by affectd's exporter and opened in ONNX Runtime (CPU).
+struct AffectdOnnx {
+    frame: Session,
+    temporal: Session,
+    export_s: f64,
+    /// Op types of the optimised frame graph.
+    frame_ops: std::collections::BTreeMap<String, usize>,
+}
+
+impl AffectdOnnx {
+    fn open(model: &EmotionClip, dir: &Path, threads: usize) -> AffectdOnnx {
+        let t = Instant::now();
+        affectd::onnx::export(
+            model,
+            &WeightsSource::Seeded(SEED),
+            Precision::F32,
+            AttentionForm::Contrib,
+            dir,
+        )
+        .expect("export");
+        let export_s = t.elapsed().as_secs_f64();
+        let optimised = dir.join("frame_encoder.optimised.onnx");
+        let frame = affectd::onnx::session::open_cpu(
+            &dir.join(FRAME_ENCODER_FILE),
+            threads,
+            Some(&optimised),
+        )
+        .expect("frame session");
+        let bytes = std::fs::read(&optimised).expect("optimised graph");
+        let graph = affectd::onnx::graph::from_bytes(&bytes)
+            .expect("parse")
+            .graph
+            .expect("graph");
+        let frame_ops = affectd::onnx::graph::op_counts(&graph.node);
+        let _ = std::fs::remove_file(&optimised);
+        let temporal =
+            affectd::onnx::session::open_cpu(&dir.join(TEMPORAL_ENCODER_FILE), threads, None)
+                .expect("temporal session");
+        AffectdOnnx {
+            frame,
+            temporal,
+            export_s,
+            frame_ops,
+        }
+    }
+
+    /// Features of the first `b` frames.
+    fn frames(&mut self, pixels: &[f32], patch_weights: &[f32], b: usize) -> Vec<f32> {
+        let plane = pixels.len() / FRAMES;
+        let side = ((plane / 3) as f64).sqrt() as usize;
+        let p = patch_weights.len() / FRAMES;
+        let x =
+            TensorRef::from_array_view(([b, 3, side, side], &pixels[..b * plane])).expect("pixels");
+        let w = TensorRef::from_array_view(([b, p], &patch_weights[..b * p])).expect("weights");
+        let out = self
+            .frame
+            .run(ort::inputs![PIXELS => x, PATCH_WEIGHTS => w])
+            .expect("frame encoder");
+        let (_, data) = out[FEATURES].try_extract_tensor::<f32>().expect("features");
+        data.to_vec()
+    }
+
+    fn video(&mut self, features: &[f32], windows: usize, t: usize, e: usize) -> Vec<f32> {
+        let x = TensorRef::from_array_view(([windows, t, e], features)).expect("features");
+        let out = self
+            .temporal
+            .run(ort::inputs![FRAME_FEATURES => x])
+            .expect("temporal encoder");
+        let (_, data) = out[0].try_extract_tensor::<f32>().expect("video");
+        data.to_vec()
     }
 }
 
@@ -331,33 +499,32 @@ fn timed(seconds: f64, items: usize, mut f: impl FnMut()) -> f64 {
     }
 }
 
+#[derive(Default)]
 struct FrameRow {
     batch: usize,
     candle: Vec<f64>,
+    onnx: Vec<f64>,
     torch: Vec<f64>,
     ort: Vec<f64>,
-    vs_torch: Vec<f64>,
-    vs_ort: Vec<f64>,
+    onnx_vs_candle: Vec<f64>,
+    onnx_vs_ort: Vec<f64>,
 }
 
 impl FrameRow {
     fn new(batch: usize) -> Self {
         Self {
             batch,
-            candle: Vec::new(),
-            torch: Vec::new(),
-            ort: Vec::new(),
-            vs_torch: Vec::new(),
-            vs_ort: Vec::new(),
+            ..Self::default()
         }
     }
 
-    fn push(&mut self, candle: f64, torch: f64, ort: f64) {
+    fn push(&mut self, candle: f64, onnx: f64, torch: f64, ort: f64) {
         self.candle.push(candle);
+        self.onnx.push(onnx);
         self.torch.push(torch);
         self.ort.push(ort);
-        self.vs_torch.push(candle / torch);
-        self.vs_ort.push(candle / ort);
+        self.onnx_vs_candle.push(onnx / candle);
+        self.onnx_vs_ort.push(onnx / ort);
     }
 }
 
@@ -366,7 +533,7 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 fn best(v: &[f64]) -> f64 {
-    v.iter().copied().fold(0.0, f64::max)
+    v.iter().copied().fold(f64::NAN, f64::max)
 }
 
 fn median(v: &mut [f64]) -> f64 {

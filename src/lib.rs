@@ -20,6 +20,7 @@ pub mod health;
 pub mod ingest;
 pub mod model;
 pub mod observe;
+pub mod onnx;
 pub mod publish;
 pub mod readout;
 pub mod results;

@@ -26,6 +26,9 @@ enum Command {
     Check(ConfigArg),
     /// Run EmotionCLIP on tensors from a safetensors file and write the embeddings (parity tool).
     Embed(affectd::model::EmbedArgs),
+    /// Export EmotionCLIP's frame and temporal encoders to ONNX (for ONNX Runtime), with a
+    /// manifest.
+    ExportOnnx(affectd::onnx::ExportArgs),
     /// Run the person detector (and with --track the tracker) on an image or a video file.
     Detect(affectd::detect::DetectArgs),
     /// Fit models on windows captured on site (`[capture]`).
@@ -83,6 +86,13 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Check(args) => check(args),
         Command::Embed(args) => affectd::model::embed::run(args).map_err(|e| {
+            if e.is_usage() {
+                Failure::Usage(e.into())
+            } else {
+                Failure::Runtime(e.into())
+            }
+        }),
+        Command::ExportOnnx(args) => affectd::onnx::export::run(args).map_err(|e| {
             if e.is_usage() {
                 Failure::Usage(e.into())
             } else {

@@ -18,5 +18,6 @@ pub use cli::DetectArgs;
 pub use config::{DetectConfig, Provider};
 pub use error::Error;
 pub use manifest::{Layout, Manifest, sha256_file};
+pub(crate) use runtime::environment as ort_environment;
 pub use runtime::{SYSTEM_LIBRARY_DIR, find_library, library_search_list};
 pub use session::{Detector, ProbeReport};

@@ -119,7 +119,9 @@ pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, Error> {
 /// The process's ONNX Runtime environment: one per process, created on first use.
 static ENVIRONMENT: Mutex<Option<(PathBuf, ort::environment::Environment)>> = Mutex::new(None);
 
-fn environment(configured: Option<&Path>) -> Result<ort::environment::Environment, Error> {
+pub(crate) fn environment(
+    configured: Option<&Path>,
+) -> Result<ort::environment::Environment, Error> {
     let mut slot = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((path, env)) = slot.as_ref() {
         if configured.is_some_and(|c| c != path) {

@@ -14,7 +14,7 @@ pub mod preprocess;
 pub mod temporal;
 pub mod text;
 pub mod tokenizer;
-mod transformer;
+pub(crate) mod transformer;
 pub mod vision;
 pub mod weights;
 

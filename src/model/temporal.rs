@@ -14,11 +14,11 @@ use super::{Fusion, TemporalConfig};
 /// One `nn.TransformerEncoderLayer` (norm_first=False, activation='gelu', dropout off).
 #[derive(Debug, Clone)]
 pub struct EncoderLayer {
-    self_attn: MultiheadAttention,
-    linear1: Linear,
-    linear2: Linear,
-    norm1: LayerNorm,
-    norm2: LayerNorm,
+    pub(crate) self_attn: MultiheadAttention,
+    pub(crate) linear1: Linear,
+    pub(crate) linear2: Linear,
+    pub(crate) norm1: LayerNorm,
+    pub(crate) norm2: LayerNorm,
 }
 
 impl EncoderLayer {
@@ -48,8 +48,8 @@ impl Module for EncoderLayer {
 /// `fusion_layer`: `nn.TransformerEncoder` with its final `norm`.
 #[derive(Debug, Clone)]
 pub struct TransformerEncoder {
-    layers: Vec<EncoderLayer>,
-    norm: LayerNorm,
+    pub(crate) layers: Vec<EncoderLayer>,
+    pub(crate) norm: LayerNorm,
 }
 
 impl TransformerEncoder {
@@ -82,8 +82,8 @@ pub struct TemporalTrace {
 #[derive(Debug, Clone)]
 pub struct VisualHead {
     /// `frame_position_embedding.weight` [video_len, E] (`None` for mean fusion).
-    frame_position_embedding: Option<Tensor>,
-    fusion_layer: Option<TransformerEncoder>,
+    pub(crate) frame_position_embedding: Option<Tensor>,
+    pub(crate) fusion_layer: Option<TransformerEncoder>,
     video_len: usize,
 }
 

@@ -26,9 +26,9 @@ pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// fused kernel for inference and the composite form when gradients are tracked.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) eps: f64,
 }
 
 pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
@@ -62,9 +62,9 @@ impl Module for LayerNorm {
 /// `nn.MultiheadAttention` without dropout: keys `in_proj_weight`, `in_proj_bias`, `out_proj.*`.
 #[derive(Debug, Clone)]
 pub struct MultiheadAttention {
-    in_proj: Linear,
-    out_proj: Linear,
-    num_heads: usize,
+    pub(crate) in_proj: Linear,
+    pub(crate) out_proj: Linear,
+    pub(crate) num_heads: usize,
     head_dim: usize,
 }
 
@@ -113,8 +113,8 @@ impl MultiheadAttention {
 /// `mlp`: `c_fc` -> exact (erf) GELU -> `c_proj`.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    c_fc: Linear,
-    c_proj: Linear,
+    pub(crate) c_fc: Linear,
+    pub(crate) c_proj: Linear,
 }
 
 impl Mlp {
@@ -135,10 +135,10 @@ impl Module for Mlp {
 /// OpenCLIP `ResidualAttentionBlock` (pre-LN).
 #[derive(Debug, Clone)]
 pub struct ResidualAttentionBlock {
-    attn: MultiheadAttention,
-    ln_1: LayerNorm,
-    mlp: Mlp,
-    ln_2: LayerNorm,
+    pub(crate) attn: MultiheadAttention,
+    pub(crate) ln_1: LayerNorm,
+    pub(crate) mlp: Mlp,
+    pub(crate) ln_2: LayerNorm,
 }
 
 impl ResidualAttentionBlock {

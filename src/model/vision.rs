@@ -13,16 +13,16 @@ use super::transformer::{LN_EPS, LayerNorm, Transformer, layer_norm};
 pub struct VisionTransformer {
     /// `conv1.weight` [width, 3, P, P] flattened to [width, 3*P*P]: the patchify convolution
     /// has kernel = stride = P and no bias, so it is one matmul over unfolded patches.
-    conv1: Tensor,
-    class_embedding: Tensor,
-    positional_embedding: Tensor,
-    ln_pre: LayerNorm,
-    transformer: Transformer,
-    ln_post: LayerNorm,
-    proj: Tensor,
+    pub(crate) conv1: Tensor,
+    pub(crate) class_embedding: Tensor,
+    pub(crate) positional_embedding: Tensor,
+    pub(crate) ln_pre: LayerNorm,
+    pub(crate) transformer: Transformer,
+    pub(crate) ln_post: LayerNorm,
+    pub(crate) proj: Tensor,
     image_size: usize,
-    patch_size: usize,
-    grid_size: usize,
+    pub(crate) patch_size: usize,
+    pub(crate) grid_size: usize,
     width: usize,
 }
 
