@@ -141,10 +141,10 @@ impl ModelConfig {
                 "f16 and bf16 run on device = \"cuda\" only; the CPU path is f32",
             ));
         }
-        if self.device == ModelDevice::Cuda && !cfg!(feature = "cuda") {
+        if self.device == ModelDevice::Cuda && !cfg!(feature = "candle-cuda") {
             return Err(ConfigError::invalid(
                 format!("{key}.device"),
-                "\"cuda\" needs a build with the `cuda` feature",
+                "\"cuda\" (candle on the GPU) needs a build with the `candle-cuda` feature",
             ));
         }
         Ok(())

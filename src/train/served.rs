@@ -138,8 +138,10 @@ impl ModelSource<'_> {
             Some(DeviceArg::Cpu) => model.device = ModelDevice::Cpu,
             None => {}
         }
-        if model.device == ModelDevice::Cuda && !cfg!(feature = "cuda") {
-            anyhow::bail!("device cuda: this build has no CUDA (cargo feature `cuda`)")
+        if model.device == ModelDevice::Cuda && !cfg!(feature = "candle-cuda") {
+            anyhow::bail!(
+                "device cuda: this build has no candle CUDA (cargo feature `candle-cuda`)"
+            )
         }
         Ok((model, readout))
     }
