@@ -2,7 +2,9 @@
 # Soak run (not part of CI): the release daemon on a config for N minutes against a private
 # mosquitto, to see what a short test cannot: memory creep, persons never freed, stalls.
 # Every 10 s it samples the daemon's RSS; at the end it sends SIGTERM and prints, per minute,
-# RSS, person messages, track end events and stall warnings so far, then a summary.
+# RSS, person messages, track end events and stall warnings so far, then the person messages'
+# latency (p50, p99, max) and rate, and a summary. `scripts/soak.sh 1 CONFIG` is the 60 s
+# end-to-end run of BENCHMARKS.md's runtime comparison.
 #   scripts/soak.sh [minutes] [config]     # defaults: 30, configs/demo.toml
 # The daemon runs as under systemd's Type=notify with the unit's WatchdogSec=30 (a notify
 # socket in python3, when installed), so the table also shows what it reports in STATUS=:
@@ -19,7 +21,8 @@ fi
 [ -f "$config" ] || { echo "soak: no config file $config" >&2; exit 2; }
 . scripts/env.sh
 
-cargo build --release --locked
+# CARGO_FEATURES (e.g. "cuda,tensorrt") builds the GPU providers in (scripts/gpu-check.sh).
+cargo build --release --locked ${CARGO_FEATURES:+--features "$CARGO_FEATURES"}
 bin="${CARGO_TARGET_DIR:-$repo/target}/release/affectd"
 
 work=$(mktemp -d -t affectd-soak.XXXXXX)
@@ -179,7 +182,18 @@ if [ -f "$work/notify.log" ]; then
     $2 == "STOPPING=1" && ready { if ($1 - prev > gap) gap = $1 - prev; exit }
     END { if (ready) printf "%.1f s", gap; else print "n/a" }' "$work/notify.log")
 fi
+# End-to-end latency of the person messages (`latency_ms`): p50, p99, max; and their rate.
+latency=$(grep -E '^affectd/[^ ]+/person/[0-9]+ ' "$work/messages.log" |
+  grep -oE '"latency_ms":[0-9.]+' | cut -d: -f2 | sort -g |
+  awk 'function rank(q,  k) { k = int(NR * q); if (k < NR * q) k++; return k < 1 ? 1 : k }
+    { v[NR] = $1 } END {
+    if (NR == 0) { print "n/a"; exit }
+    p50 = v[rank(0.50)]; p99 = v[rank(0.99)]
+    printf "p50 %.0f ms, p99 %.0f ms, max %.0f ms", p50, p99, v[NR] }')
+rate=$(awk -v n="$(persons)" -v s="$last" 'BEGIN { if (s > 0) printf "%.2f", n / s; else print "n/a" }')
+rss_peak=$(awk -F'\t' 'NR > 1 && $2 > m { m = $2 } END { print m }' "$work/samples.tsv")
 echo
+echo "latency: ${latency}; ${rate} person messages/s; peak RSS ${rss_peak:-n/a} MiB"
 echo "summary: RSS ${rss2:-n/a} MiB at 2 min, ${rss_end:-n/a} MiB at end, growth after 2 min ${growth};" \
   "$(stalls) stall warnings; longest watchdog gap ${max_gap:-n/a}; $(persons) person messages;" \
   "$(begins) tracks begun, $(ends) ended ($(( $(begins) - $(ends) )) never); encoder dropped samples: ${dropped:-not reported};" \
