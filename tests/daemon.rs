@@ -3,12 +3,12 @@
 
 #[path = "common/daemon.rs"]
 mod daemon;
+#[path = "common/http.rs"]
+mod http;
 #[path = "common/mosquitto.rs"]
 mod mosquitto;
 #[path = "common/rtsp.rs"]
 mod rtsp;
-#[path = "common/http.rs"]
-mod http;
 #[path = "common/serial.rs"]
 mod serial;
 
