@@ -1,10 +1,10 @@
 //! EmotionCLIP encoder throughput: affectd's candle frame encoder (seeded random ViT-B/32, f32,
 //! CPU) and the same weights exported by `affectd export-onnx` run in ONNX Runtime
-//! (affectd-ONNX), against the same architecture in PyTorch (open_clip `ViT-B-32`) and in ONNX
-//! Runtime (that tower exported to ONNX by PyTorch), on the same pixels with the same thread
-//! count, side by side in one run; then the temporal encoder (candle and affectd-ONNX),
-//! incremental vs naive window updates, and the resident memory of `affectd run` with
-//! ViT-B/32 loaded.
+//! (affectd-ONNX f32, and int8 as `--precision int8` writes it), against the same
+//! architecture in PyTorch (open_clip `ViT-B-32`) and in ONNX Runtime (that tower exported to
+//! ONNX by PyTorch), on the same pixels with the same thread count, side by side in one run;
+//! then the temporal encoder (candle and affectd-ONNX), incremental vs naive window updates,
+//! and the resident memory of `affectd run` with ViT-B/32 loaded.
 //!
 //! Run: `cargo bench --config 'profile.dev.package.affectd.opt-level=3' --profile dev
 //! --bench encoder`, adding `--config profile.dev.package.P.debug-assertions=false` and
@@ -124,7 +124,14 @@ fn main() {
     std::fs::write(&raw, bytes).expect("write pixels");
 
     // affectd-ONNX: the same seeded weights through `affectd export-onnx`'s exporter.
-    let mut onnx = AffectdOnnx::open(&model, &cache.join("affectd-onnx"), threads);
+    let mut onnx = AffectdOnnx::open(&model, &cache.join("affectd-onnx"), threads, Precision::F32);
+    // int8: the same weights quantised by the exporter (its default op forms).
+    let mut int8 = AffectdOnnx::open(
+        &model,
+        &cache.join("affectd-onnx-int8"),
+        threads,
+        Precision::Int8,
+    );
     let pixel_data = pixels
         .flatten_all()
         .and_then(|p| p.to_vec1::<f32>())
@@ -149,6 +156,14 @@ fn main() {
         .zip(&want)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
+    let int8_check = int8.frames(&pixel_data, &patch_weights, FRAMES);
+    let f32_check = onnx.frames(&pixel_data, &patch_weights, FRAMES);
+    let embed = model.embed_dim();
+    let int8_cosines: Vec<f32> = int8_check
+        .chunks_exact(embed)
+        .zip(f32_check.chunks_exact(embed))
+        .map(|(a, b)| affectd::train::zero_shot::cosine(a, b))
+        .collect();
 
     let mut py = (std::env::var("AFFECTD_BENCH_REFERENCE").as_deref() != Ok("none"))
         .then(|| Python::start(&python, &raw, threads, &cache));
@@ -156,8 +171,12 @@ fn main() {
         "threads {threads} (candle get_num_threads {candle_threads}); {rounds} rounds of \
          >= {slice} s slices per batch size; {FRAMES} person crops of vtest; ViT-B/32 random \
          init in {load_s:.2} s; affectd-ONNX export in {:.2} s, max |ONNX - candle| = \
-         {onnx_vs_candle:.2e} on 2 frames\npython: {}",
+         {onnx_vs_candle:.2e} on 2 frames; int8 export in {:.2} s, frame cosine int8 vs f32 \
+         mean {:.5} min {:.5} on the {FRAMES} crops\npython: {}",
         onnx.export_s,
+        int8.export_s,
+        int8_cosines.iter().sum::<f32>() / FRAMES as f32,
+        int8_cosines.iter().copied().fold(f32::INFINITY, f32::min),
         py.as_ref()
             .map_or("none (AFFECTD_BENCH_REFERENCE=none)", |p| p.hello.as_str())
     );
@@ -184,18 +203,27 @@ fn main() {
         timed(0.0, b, || {
             onnx.frames(&pixel_data, &patch_weights, b);
         });
+        timed(0.0, b, || {
+            int8.frames(&pixel_data, &patch_weights, b);
+        });
         let mut row = FrameRow::new(b);
         for _ in 0..rounds {
             let c = candle();
             let a = timed(slice, b, || {
                 std::hint::black_box(onnx.frames(&pixel_data, &patch_weights, b));
             });
+            let q = timed(slice, b, || {
+                std::hint::black_box(int8.frames(&pixel_data, &patch_weights, b));
+            });
             let t = reference("torch", b, slice);
             let o = reference("ort", b, slice);
             eprintln!(
-                "batch {b}: candle {c:.2}, affectd-onnx {a:.2}, torch {t:.2}, ort {o:.2} frames/s"
+                "batch {b}: candle {c:.2}, affectd-onnx {a:.2}, affectd-onnx int8 {q:.2}, \
+                 torch {t:.2}, ort {o:.2} frames/s"
             );
             row.push(c, a, t, o);
+            row.int8.push(q);
+            row.int8_vs_onnx.push(q / a);
         }
         frame_rows.push(row);
     }
@@ -203,8 +231,8 @@ fn main() {
         py.stop();
     }
 
+    drop(int8);
     // Temporal encoder alone: windows of 8 frame features.
-    let embed = model.embed_dim();
     let video_len = model.video_len();
     let mut temporal = Vec::new();
     for windows in [1usize, 16] {
@@ -346,7 +374,7 @@ fn print_encoders(
          affectd-ONNX / candle, / ORT |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for row in frame_rows {
+    for row in frame_rows.iter_mut() {
         let (c, a, t, o) = (
             mean(&row.candle),
             mean(&row.onnx),
@@ -366,6 +394,23 @@ fn print_encoders(
             c / t,
             median(&mut row.onnx_vs_candle),
             median(&mut row.onnx_vs_ort),
+        );
+    }
+    println!(
+        "\n| Frame encoder int8 (person-frames/s, mean of {rounds}; best) | affectd-ONNX f32 | \
+         affectd-ONNX int8 | **int8 / f32** | int8 / candle | median paired int8 / f32 |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for row in frame_rows.iter_mut() {
+        let (c, a, q) = (mean(&row.candle), mean(&row.onnx), mean(&row.int8));
+        println!(
+            "| batch {} | {a:.2} ({:.2}) | {q:.2} ({:.2}) | **{:.2}** | {:.2} | {:.2} |",
+            row.batch,
+            best(&row.onnx),
+            best(&row.int8),
+            q / a,
+            q / c,
+            median(&mut row.int8_vs_onnx),
         );
     }
     println!(
@@ -392,12 +437,12 @@ struct AffectdOnnx {
 }
 
 impl AffectdOnnx {
-    fn open(model: &EmotionClip, dir: &Path, threads: usize) -> AffectdOnnx {
+    fn open(model: &EmotionClip, dir: &Path, threads: usize, precision: Precision) -> AffectdOnnx {
         let t = Instant::now();
         affectd::onnx::export(
             model,
             &WeightsSource::Seeded(SEED),
-            Precision::F32,
+            precision,
             AttentionForm::Contrib,
             dir,
         )
@@ -508,6 +553,8 @@ struct FrameRow {
     ort: Vec<f64>,
     onnx_vs_candle: Vec<f64>,
     onnx_vs_ort: Vec<f64>,
+    int8: Vec<f64>,
+    int8_vs_onnx: Vec<f64>,
 }
 
 impl FrameRow {

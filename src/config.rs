@@ -242,6 +242,8 @@ impl Config {
         self.readout.resolve_paths(&base);
         if let Some(model) = &mut self.model {
             model.resolve_paths(&base);
+            // One ONNX Runtime per process: the encoder's sessions load [detect]'s library.
+            model.ort_library = self.detect.as_ref().and_then(|d| d.ort_library.clone());
         }
         if let Some(capture) = &mut self.capture {
             capture.resolve_paths(&base);

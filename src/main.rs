@@ -85,7 +85,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => run(args),
         Command::Check(args) => check(args),
-        Command::Embed(args) => affectd::model::embed::run(args).map_err(|e| {
+        Command::Embed(args) => affectd::encode::embed(args).map_err(|e| {
             if e.is_usage() {
                 Failure::Usage(e.into())
             } else {

@@ -457,6 +457,7 @@ config = "{config}"
 name = "tiny"
 update_every = 4
 include_embedding = true
+onnx_cache_dir = "onnx-cache"
 [capture]
 dir = "dataset"
 every = 8

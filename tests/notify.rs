@@ -236,7 +236,7 @@ fn sigterm_while_the_model_loads_exits_at_once_with_status_0() {
         "[node]\nid = \"{node}\"\n\
          [[camera]]\nid = \"walkway\"\nuri = \"file:{clip}\"\n\
          [mqtt]\nport = {port}\n\
-         {detect}[model]\nallow_untrained = true\nseed = 7\n",
+         {detect}[model]\nallow_untrained = true\nseed = 7\nonnx_cache_dir = \"onnx-cache\"\n",
         node = daemon::NODE,
         clip = fixture("vtest.mp4").display(),
         port = closed_port(),

@@ -118,6 +118,7 @@ name = "tiny"
 weights = "{weights}"
 config = "{model_config}"
 update_every = 2
+onnx_cache_dir = "onnx-cache"
 {extra}
 "#,
         clip = repo("tests/fixtures/vtest.mp4").display(),
@@ -385,6 +386,18 @@ fn a_reload_under_load_swaps_the_model_and_drops_no_track() {
         daemon.child.try_wait().unwrap().is_none(),
         "the daemon exited"
     );
+    // A track live at the reload may be out of sight for a moment (and the refused reloads
+    // above take no time): wait for each one's outcome, a message with the new model or its
+    // end, before judging it.
+    let decided = |messages: &[Msg], t: u64| {
+        messages
+            .iter()
+            .any(|m| ended(m) == Some(t) || person(m).is_some_and(|(p, w)| p == t && w == id_b))
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !live.iter().all(|&t| decided(&sub.messages(), t)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     every_live_track_survived(&sub.messages(), &live, &id_b);
     eprintln!("reload test took {:?}", t0.elapsed());
 }

@@ -305,7 +305,8 @@ fn captured_windows_with_text_adapt_into_a_model_the_daemon_serves() {
     // The daemon serves the adapted model.
     let sub = Subscriber::new(&broker, &format!("affectd/{NODE}/{CAMERA}/person/#"));
     let serving = format!(
-        "{}[model]\nweights = \"{}\"\nconfig = \"{}\"\nname = \"tiny-adapted\"\nupdate_every = 2\n",
+        "{}[model]\nweights = \"{}\"\nconfig = \"{}\"\nname = \"tiny-adapted\"\nupdate_every = 2\n\
+         onnx_cache_dir = \"onnx-cache\"\n",
         detect_sections(),
         clip.join("adapted.safetensors").display(),
         clip.join("config.json").display(),

@@ -172,6 +172,7 @@ weights = "{weights}"
 config = "{cfg}"
 name = "tiny-student"
 update_every = 2
+onnx_cache_dir = "onnx-cache"
 "#,
         detect = detect_sections(),
         weights = out.join("student.safetensors").display(),

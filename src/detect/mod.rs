@@ -19,5 +19,5 @@ pub use config::{DetectConfig, Provider};
 pub use error::Error;
 pub use manifest::{Layout, Manifest, sha256_file};
 pub(crate) use runtime::environment as ort_environment;
-pub use runtime::{SYSTEM_LIBRARY_DIR, find_library, library_search_list};
+pub use runtime::{SYSTEM_LIBRARY_DIR, SessionSpec, find_library, library_search_list, open_with};
 pub use session::{Detector, ProbeReport};

@@ -145,17 +145,18 @@ pub(crate) fn environment(
     Ok(env)
 }
 
-/// Logs each unavailable provider only once per process.
-static WARNED: OnceLock<Mutex<Vec<Provider>>> = OnceLock::new();
+/// Logs each unavailable provider only once per process and section.
+static WARNED: OnceLock<Mutex<Vec<(&'static str, Provider)>>> = OnceLock::new();
 
-fn warn_once(p: Provider, why: &str) {
+fn warn_once(section: &'static str, p: Provider, why: &str) {
     let mut warned = WARNED
         .get_or_init(|| Mutex::new(Vec::new()))
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if !warned.contains(&p) {
-        warned.push(p);
+    if !warned.contains(&(section, p)) {
+        warned.push((section, p));
         tracing::warn!(
+            section,
             provider = p.name(),
             reason = why,
             "execution provider unavailable; trying the next one"
@@ -163,29 +164,67 @@ fn warn_once(p: Provider, why: &str) {
     }
 }
 
+/// How to open a session: what the detector's `[detect]` and the encoder's `[model]` say.
+#[derive(Debug, Clone)]
+pub struct SessionSpec<'a> {
+    /// The config section asking, for log lines and errors (`detect`, `model`).
+    pub section: &'static str,
+    /// The library to load when ONNX Runtime is not loaded yet (see [`find_library`]).
+    pub ort_library: Option<&'a Path>,
+    /// Execution providers to try, in order; the first that works is used.
+    pub providers: &'a [Provider],
+    /// Intra-op threads; 0 lets ONNX Runtime choose.
+    pub threads: usize,
+    /// TensorRT only: build fp16 engines.
+    pub trt_fp16: bool,
+    /// TensorRT only: where built engines are cached.
+    pub trt_cache_dir: &'a Path,
+}
+
+impl<'a> SessionSpec<'a> {
+    /// The detector's sessions, as `[detect]` says.
+    pub fn detect(cfg: &'a DetectConfig) -> Self {
+        Self {
+            section: "detect",
+            ort_library: cfg.ort_library.as_deref(),
+            providers: &cfg.providers,
+            threads: cfg.threads,
+            trt_fp16: cfg.trt_fp16,
+            trt_cache_dir: &cfg.trt_cache_dir,
+        }
+    }
+}
+
 /// Loads ONNX Runtime (once per process) and opens `model` with the first provider of
 /// `cfg.providers` that works.
 pub(super) fn open_session(cfg: &DetectConfig, model: &Path) -> Result<(Session, Provider), Error> {
-    let env = environment(cfg.ort_library.as_deref())?;
+    open_with(&SessionSpec::detect(cfg), model)
+}
+
+/// Loads ONNX Runtime (once per process) and opens `model` with the first provider of
+/// `spec.providers` that works: every graph optimisation, `spec.threads` intra-op threads, no
+/// spinning. An unavailable provider is logged once per process and section, then skipped.
+pub fn open_with(spec: &SessionSpec<'_>, model: &Path) -> Result<(Session, Provider), Error> {
+    let env = environment(spec.ort_library)?;
     let mut last: Option<Error> = None;
-    for &p in &cfg.providers {
-        let eps = match execution_provider(p, cfg, model) {
+    for &p in spec.providers {
+        let eps = match execution_provider(p, spec, model) {
             Ok(eps) => eps,
             Err(why) => {
-                warn_once(p, &why);
+                warn_once(spec.section, p, &why);
                 continue;
             }
         };
-        // No spin-waiting between runs: the detector shares the cores with the encoder, and
-        // ONNX Runtime's idle threads spinning after every frame starve it.
+        // No spin-waiting between runs: the detector and the encoder share the cores, and
+        // ONNX Runtime's idle threads spinning after every run starve the other.
         let builder = Session::builder(&env)?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(ort::Error::from)?
             .with_intra_op_spinning(false)
             .map_err(ort::Error::from)?;
-        let builder = if cfg.threads > 0 {
+        let builder = if spec.threads > 0 {
             builder
-                .with_intra_threads(cfg.threads)
+                .with_intra_threads(spec.threads)
                 .map_err(ort::Error::from)?
         } else {
             builder
@@ -197,22 +236,24 @@ pub(super) fn open_session(cfg: &DetectConfig, model: &Path) -> Result<(Session,
         match built {
             Ok(session) => return Ok((session, p)),
             Err(e) if p != Provider::Cpu => {
-                warn_once(p, &e.to_string());
+                warn_once(spec.section, p, &e.to_string());
                 last = Some(e.into());
             }
             Err(e) => return Err(e.into()),
         }
     }
     Err(last.unwrap_or(Error::Library {
-        problem: "no configured execution provider is usable; add \"cpu\" to [detect] providers"
-            .into(),
+        problem: format!(
+            "no configured execution provider is usable; add \"cpu\" to [{}] providers",
+            spec.section
+        ),
     }))
 }
 
 #[allow(unused_variables)]
 fn execution_provider(
     p: Provider,
-    cfg: &DetectConfig,
+    spec: &SessionSpec<'_>,
     model: &Path,
 ) -> Result<Vec<ort::ep::ExecutionProviderDispatch>, String> {
     #[allow(unused_imports)]
@@ -226,9 +267,10 @@ fn execution_provider(
                     "this ONNX Runtime has no TensorRT provider (install onnxruntime-gpu)".into(),
                 );
             }
-            std::fs::create_dir_all(&cfg.trt_cache_dir)
-                .map_err(|e| format!("cannot create {}: {e}", cfg.trt_cache_dir.display()))?;
-            let cached = std::fs::read_dir(&cfg.trt_cache_dir)
+            let cache = spec.trt_cache_dir;
+            std::fs::create_dir_all(cache)
+                .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
+            let cached = std::fs::read_dir(cache)
                 .map(|d| {
                     d.flatten()
                         .any(|e| e.file_name().to_string_lossy().ends_with(".engine"))
@@ -237,15 +279,15 @@ fn execution_provider(
             if !cached {
                 tracing::info!(
                     model = %model.display(),
-                    cache = %cfg.trt_cache_dir.display(),
+                    cache = %cache.display(),
                     "building the TensorRT engine; this can take several minutes on first start"
                 );
             }
             Ok(vec![
                 ort::ep::TensorRT::default()
-                    .with_fp16(cfg.trt_fp16)
+                    .with_fp16(spec.trt_fp16)
                     .with_engine_cache(true)
-                    .with_engine_cache_path(cfg.trt_cache_dir.display())
+                    .with_engine_cache_path(cache.display())
                     .build()
                     .error_on_failure(),
             ])

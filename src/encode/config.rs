@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::config::{ConfigError, check_range, resolve};
+use crate::detect::Provider;
 use crate::model::preprocess::CropPolicy;
+use crate::onnx::Precision;
 
 /// `[model]`
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +58,50 @@ pub struct ModelConfig {
     /// covered by the parity tolerances).
     #[serde(default)]
     pub dtype: ModelDtype,
+    /// What runs the frame and temporal encoders: `auto` (ONNX Runtime when it loads and the
+    /// export works, else candle; one log line says which and why), `onnx` (ONNX Runtime or
+    /// fail) or `candle` (the in-process reference implementation).
+    #[serde(default)]
+    pub runtime: ModelRuntime,
+    /// Precision of the ONNX export ONNX Runtime serves: `f32`, `int8` (weights quantised per
+    /// output channel; CPU) or `fp16` (GPU providers). A precision the exporter cannot write
+    /// yet falls back to `f32` with a log line.
+    #[serde(default = "default_precision")]
+    pub precision: Precision,
+    /// ONNX Runtime execution providers for the encoder, in order (`tensorrt`, `cuda`, `cpu`):
+    /// the first that works serves; an unavailable one is logged once and skipped.
+    #[serde(default = "default_providers")]
+    pub providers: Vec<Provider>,
+    /// ONNX Runtime intra-op threads of the encoder's sessions; 0 lets ONNX Runtime choose.
+    #[serde(default)]
+    pub threads: usize,
+    /// Where the exported ONNX graphs are cached, one folder per weights digest (or seed),
+    /// model config, exporter version, precision and attention form; the last few are kept.
+    #[serde(default = "default_onnx_cache_dir")]
+    pub onnx_cache_dir: PathBuf,
+    /// `[detect] ort_library`: the one ONNX Runtime library of the process (not a key here).
+    #[serde(skip)]
+    pub ort_library: Option<PathBuf>,
+}
+
+/// `[model] runtime`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelRuntime {
+    #[default]
+    Auto,
+    Onnx,
+    Candle,
+}
+
+impl ModelRuntime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Onnx => "onnx",
+            Self::Candle => "candle",
+        }
+    }
 }
 
 /// `[model] dtype`
@@ -119,6 +165,7 @@ impl ModelConfig {
         for p in [&mut self.weights, &mut self.config].into_iter().flatten() {
             *p = resolve(base, p);
         }
+        self.onnx_cache_dir = resolve(base, &self.onnx_cache_dir);
     }
 
     pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
@@ -147,6 +194,36 @@ impl ModelConfig {
                 "\"cuda\" (candle on the GPU) needs a build with the `candle-cuda` feature",
             ));
         }
+        if self.providers.is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{key}.providers"),
+                "is empty; list at least \"cpu\"",
+            ));
+        }
+        check_range(&format!("{key}.threads"), self.threads, 0, 256)?;
+        if self.runtime == ModelRuntime::Onnx && self.dtype != ModelDtype::F32 {
+            return Err(ConfigError::invalid(
+                format!("{key}.runtime"),
+                "\"onnx\" serves an export of f32 weights; dtype f16/bf16 is candle's (for ONNX \
+                 Runtime's half precision set precision = \"fp16\")",
+            ));
+        }
+        if self.precision != Precision::F32 && self.runtime == ModelRuntime::Candle {
+            return Err(ConfigError::invalid(
+                format!("{key}.precision"),
+                format!(
+                    "\"{}\" is ONNX Runtime's; runtime = \"candle\" runs dtype",
+                    self.precision.name()
+                ),
+            ));
+        }
+        if self.precision == Precision::Fp16 && self.providers.iter().all(|p| *p == Provider::Cpu) {
+            return Err(ConfigError::invalid(
+                format!("{key}.precision"),
+                "\"fp16\" is for the GPU providers (providers = [\"cuda\", ...]); on the CPU use \
+                 \"f32\" or \"int8\"",
+            ));
+        }
         Ok(())
     }
 }
@@ -167,6 +244,12 @@ impl Default for ModelConfig {
             include_embedding: false,
             device: ModelDevice::default(),
             dtype: ModelDtype::default(),
+            runtime: ModelRuntime::default(),
+            precision: default_precision(),
+            providers: default_providers(),
+            threads: 0,
+            onnx_cache_dir: default_onnx_cache_dir(),
+            ort_library: None,
         }
     }
 }
@@ -185,4 +268,14 @@ const fn default_max_batch() -> usize {
 }
 const fn default_queue() -> usize {
     16
+}
+const fn default_precision() -> Precision {
+    Precision::F32
+}
+fn default_providers() -> Vec<Provider> {
+    vec![Provider::Cpu]
+}
+fn default_onnx_cache_dir() -> PathBuf {
+    // systemd's CacheDirectory=affectd, beside the TensorRT engines ([detect] trt_cache_dir).
+    PathBuf::from("/var/cache/affectd/onnx")
 }

@@ -6,6 +6,8 @@
 //! a video embedding. Recomputing all 8 frames per update would cost 8x the frame-encoder
 //! work for the same result (tested below). The persons' state lives in one table
 //! ([`Persons`]): created by the first sample, freed at once by [`LiveEncoder::end_track`].
+//! Both networks run through the encoder's [`Engine`] (candle, or ONNX Runtime), which
+//! belongs with the model: a reload swaps the two together.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -13,8 +15,8 @@ use std::time::SystemTime;
 use candle_core::{Result, Tensor};
 
 use super::persons::{Person, Persons};
-use crate::model::EmotionClip;
 use crate::model::preprocess::{self, CropPolicy, EncoderCrop, FrameInput, ImageView};
+use crate::model::{CandleEngine, EmotionClip, Engine};
 use crate::types::{BBox, CameraId, Detection, PersonSample, TrackKey};
 use crate::window::{Slot, WindowFrames};
 
@@ -43,16 +45,20 @@ impl WindowUpdate {
 /// One model serving every person's window.
 pub struct LiveEncoder {
     model: EmotionClip,
+    /// Runs `model`'s frame and temporal encoders.
+    engine: Box<dyn Engine>,
     policy: CropPolicy,
     update_every: usize,
     persons: Persons,
 }
 
 impl LiveEncoder {
+    /// Serves `model` with candle ([`CandleEngine`]); see [`Self::with_engine`].
     pub fn new(model: EmotionClip, policy: CropPolicy, update_every: usize) -> Self {
         let persons = Persons::new(model.video_len(), usize::MAX);
         Self {
             model,
+            engine: Box::new(CandleEngine),
             policy,
             update_every: update_every.max(1),
             persons,
@@ -65,8 +71,19 @@ impl LiveEncoder {
         self
     }
 
+    /// Runs the model's networks with `engine` (made for this model) instead of candle.
+    pub fn with_engine(mut self, engine: Box<dyn Engine>) -> Self {
+        self.engine = engine;
+        self
+    }
+
     pub fn model(&self) -> &EmotionClip {
         &self.model
+    }
+
+    /// The engine serving the model: `candle` or `onnx`.
+    pub fn engine_name(&self) -> &'static str {
+        self.engine.name()
     }
 
     /// Persons holding a window.
@@ -123,7 +140,7 @@ impl LiveEncoder {
     /// Frame features [N, embed_dim] of `crops`, in batches of at most `max_batch`;
     /// `between` runs after each batch (the stage beats there).
     fn encode_crops(
-        &self,
+        &mut self,
         crops: &[&EncoderCrop],
         max_batch: usize,
         between: &mut dyn FnMut(),
@@ -132,7 +149,7 @@ impl LiveEncoder {
         for chunk in crops.chunks(max_batch.max(1)) {
             let inputs: Vec<FrameInput> = chunk.iter().map(|c| c.input()).collect();
             let (pixels, masks) = preprocess::stack(&inputs, self.model.device())?;
-            let (features, _) = self.model.encode_frames(&pixels, &masks)?;
+            let features = self.engine.frames(&self.model, &pixels, &masks)?;
             for row in 0..chunk.len() {
                 rows.push(features.get(row)?);
             }
@@ -141,16 +158,18 @@ impl LiveEncoder {
         Ok(rows)
     }
 
-    /// Replaces the model and re-encodes every person's window with it, in batches of
-    /// `max_batch` with `between` run after each, so that persons keep their windows (and
-    /// their update cadence) across a reload. On error nothing changes. `model` must take
-    /// inputs of the same size and window length as the current one.
+    /// Replaces the model and its engine and re-encodes every person's window with them, in
+    /// batches of `max_batch` with `between` run after each, so that persons keep their
+    /// windows (and their update cadence) across a reload. On error nothing changes. `model`
+    /// must take inputs of the same size and window length as the current one. Returns the
+    /// old model and engine.
     pub fn swap_model(
         &mut self,
         model: EmotionClip,
+        engine: Box<dyn Engine>,
         max_batch: usize,
         between: &mut dyn FnMut(),
-    ) -> Result<EmotionClip> {
+    ) -> Result<(EmotionClip, Box<dyn Engine>)> {
         let (old, new) = (
             self.model.config().vision_cfg.image_size,
             model.config().vision_cfg.image_size,
@@ -169,10 +188,12 @@ impl LiveEncoder {
             .collect();
         let crops: Vec<&EncoderCrop> = crops.iter().map(Arc::as_ref).collect();
         let old_model = std::mem::replace(&mut self.model, model);
+        let old_engine = std::mem::replace(&mut self.engine, engine);
         let features = match self.encode_crops(&crops, max_batch, between) {
             Ok(f) => f,
             Err(e) => {
                 self.model = old_model;
+                self.engine = old_engine;
                 return Err(e);
             }
         };
@@ -183,12 +204,12 @@ impl LiveEncoder {
                 slot.feature = features.next().expect("one feature per slot");
             }
         }
-        Ok(old_model)
+        Ok((old_model, old_engine))
     }
 
-    /// Takes over a freshly loaded encoder's model, crop policy and update cadence (a reload):
-    /// every window is re-encoded with the new model (see [`Self::swap_model`]), so persons
-    /// keep their windows. Crops already in the windows keep the policy they were cut with;
+    /// Takes over a freshly loaded encoder's model and engine, crop policy and update cadence
+    /// (a reload): every window is re-encoded with the new model (see [`Self::swap_model`]),
+    /// so persons keep their windows. Crops already in the windows keep the policy they were cut with;
     /// new samples use the new one. On error nothing changes.
     pub fn adopt(
         &mut self,
@@ -196,7 +217,7 @@ impl LiveEncoder {
         max_batch: usize,
         between: &mut dyn FnMut(),
     ) -> Result<()> {
-        self.swap_model(fresh.model, max_batch, between)?;
+        self.swap_model(fresh.model, fresh.engine, max_batch, between)?;
         self.policy = fresh.policy;
         self.update_every = fresh.update_every;
         Ok(())
@@ -254,8 +275,8 @@ impl LiveEncoder {
             windows.push(Tensor::stack(&rows, 0)?);
         }
         let embeddings = self
-            .model
-            .encode_video_from_features(&Tensor::stack(&windows, 0)?)?
+            .engine
+            .video(&self.model, &Tensor::stack(&windows, 0)?)?
             .to_dtype(candle_core::DType::F32)?
             .to_vec2::<f32>()?;
         let mut updates = Vec::with_capacity(keys.len());
@@ -395,7 +416,8 @@ mod tests {
         }
         let cfg = live.model().config().clone();
         let other = EmotionClip::random(&cfg, 3, &Device::Cpu).unwrap();
-        live.swap_model(other, 3, &mut || {}).unwrap();
+        live.swap_model(other, Box::new(CandleEngine), 3, &mut || {})
+            .unwrap();
         assert_eq!(live.tracks(), 1, "the track survives the swap");
         // The first update after the swap is what the new model alone gives for frames 1..=8.
         let update = live.push(&[sample(&camera, 8, 1)]).unwrap().remove(0);
@@ -439,7 +461,10 @@ mod tests {
         let mut cfg = live.model().config().clone();
         cfg.vision_cfg.image_size = 32;
         let other = EmotionClip::random(&cfg, 3, &Device::Cpu).unwrap();
-        assert!(live.swap_model(other, 3, &mut || {}).is_err());
+        assert!(
+            live.swap_model(other, Box::new(CandleEngine), 3, &mut || {})
+                .is_err()
+        );
         assert_eq!(live.model().config().vision_cfg.image_size, 64);
     }
 

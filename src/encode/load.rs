@@ -1,10 +1,13 @@
 //! Loading the served model: the configured EmotionCLIP weights (or seeded random ones),
-//! the read-out's class text embeddings, and the model's identity in results.
+//! the engine that runs them (`[model] runtime`: candle, or ONNX Runtime on the export
+//! cached for these weights), the read-out's class text embeddings, and the model's identity
+//! in results. Start-up, SIGHUP reloads and students all load through [`load`].
 
 use candle_core::{DType, Device};
 use tracing::{info, warn};
 
 use super::config::{ModelConfig, ModelDevice};
+use super::engine;
 use super::live::LiveEncoder;
 use crate::model::{ClipTokenizer, EmotionClip, EmotionClipConfig, Error, ModelId};
 use crate::readout::{Readout, ReadoutConfig};
@@ -16,10 +19,12 @@ pub struct LoadedModel {
     pub id: ModelId,
 }
 
-/// Loads the configured weights (or the seeded random ones) and computes the class text
-/// embeddings once.
+/// Loads the configured weights (or the seeded random ones), picks the engine (exporting the
+/// model to the ONNX cache when ONNX Runtime serves) and computes the class text embeddings
+/// once.
 pub fn load(cfg: &ModelConfig, readout: &ReadoutConfig) -> Result<LoadedModel, Error> {
     let (model, digest) = load_encoder(cfg)?;
+    let engine = engine::select(cfg, &model, digest.as_deref())?;
     let readout = build_readout(&model, readout)?;
     let id = ModelId::new(cfg.name.clone(), digest.as_deref());
     if let (_, Some(fitted_on)) = readout.heads_model()
@@ -31,7 +36,7 @@ pub fn load(cfg: &ModelConfig, readout: &ReadoutConfig) -> Result<LoadedModel, E
             "the heads file was fitted on embeddings of other weights; its outputs are unreliable"
         );
     }
-    let encoder = LiveEncoder::new(model, cfg.crop_policy(), cfg.update_every);
+    let encoder = LiveEncoder::new(model, cfg.crop_policy(), cfg.update_every).with_engine(engine);
     Ok(LoadedModel {
         encoder,
         readout,

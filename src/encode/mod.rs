@@ -4,9 +4,10 @@
 //! ([`EncoderSender`]), reloaded models. Out: a [`PersonAffect`](crate::types::PersonAffect)
 //! per window update and each track's `end` after its last window, to a
 //! [`ResultSink`](crate::types::ResultSink); due windows to a [`WindowTap`] (capture).
-//! `[model]` is [`ModelConfig`].
+//! `[model]` is [`ModelConfig`]; what runs the networks (candle or ONNX Runtime), [`Engine`].
 
 mod config;
+mod engine;
 mod live;
 mod load;
 mod persons;
@@ -14,7 +15,9 @@ mod stage;
 mod tap;
 mod worker;
 
-pub use config::{Crop, ModelConfig, ModelDevice, ModelDtype};
+pub use crate::model::{CandleEngine, Engine};
+pub use config::{Crop, ModelConfig, ModelDevice, ModelDtype, ModelRuntime};
+pub use engine::{OnnxEngine, embed, select as select_engine};
 pub use live::{LiveEncoder, WindowUpdate};
 pub use load::{LoadedModel, build_readout, load, load_encoder};
 pub use persons::{Person, Persons};

@@ -213,7 +213,13 @@ impl Worker {
                 self.model.encoder.reset_smoothing();
                 self.settings = settings;
                 self.metrics.serving(&id);
-                debug!(persons, model = %id.name, weights = %id.weights, "encoder swapped models");
+                debug!(
+                    persons,
+                    model = %id.name,
+                    weights = %id.weights,
+                    runtime = self.model.encoder.engine_name(),
+                    "encoder swapped models"
+                );
                 Ok(id)
             }
             Err(e) => Err(format!("the running model was kept: {e}")),

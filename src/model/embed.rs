@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
+use super::engine::{CandleEngine, Engine};
 use super::{EmotionClip, EmotionClipConfig, Error};
 
 /// Arguments of `affectd embed`.
@@ -26,6 +27,19 @@ pub struct EmbedArgs {
     /// `video_embedding` [B,E] (not normalised), `text_embedding` [N,E] with tokens; all f32.
     #[arg(long, value_name = "O.safetensors")]
     pub output: PathBuf,
+    /// What runs the frame and temporal encoders: `candle`, or `onnx` (the model exported to
+    /// ONNX in a temporary folder and run by ONNX Runtime on the CPU, as the daemon serves
+    /// it; the subject token and the text tower stay candle's).
+    #[arg(long, value_enum, default_value = "candle")]
+    pub runtime: EmbedRuntime,
+}
+
+/// `affectd embed --runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum EmbedRuntime {
+    #[default]
+    Candle,
+    Onnx,
 }
 
 /// Frames encoded per forward pass (bounds memory on long inputs).
@@ -36,8 +50,21 @@ pub fn run(args: &EmbedArgs) -> Result<(), Error> {
     run_on(args, &Device::Cpu)
 }
 
-/// Runs the parity tool on `device`.
+/// Runs the parity tool on `device`, with candle.
 pub fn run_on(args: &EmbedArgs, device: &Device) -> Result<(), Error> {
+    run_with(args, device, &mut |_| Ok(Box::new(CandleEngine)))
+}
+
+/// Makes the engine that runs a loaded model's frame and temporal encoders.
+pub type MakeEngine<'a> = dyn FnMut(&EmotionClip) -> Result<Box<dyn Engine>, Error> + 'a;
+
+/// Runs the parity tool on `device`, the frame and temporal encoders through the engine
+/// `engine` makes for the loaded model.
+pub fn run_with(
+    args: &EmbedArgs,
+    device: &Device,
+    engine: &mut MakeEngine<'_>,
+) -> Result<(), Error> {
     let cfg = EmotionClipConfig::from_json_file(&args.model_config)?;
     let inputs =
         candle_core::safetensors::load(&args.input, device).map_err(|source| Error::Input {
@@ -99,19 +126,20 @@ pub fn run_on(args: &EmbedArgs, device: &Device) -> Result<(), Error> {
     }
 
     let model = EmotionClip::load(&args.model, &cfg, device)?;
+    let mut engine = engine(&model)?;
     let frames = video.reshape((b * t, 3, s, s))?;
     let masks = mask.reshape((b * t, s, s))?;
+    let visual = &model.backbone.visual;
     let (mut features, mut hmn) = (Vec::new(), Vec::new());
     for start in (0..b * t).step_by(FRAME_BATCH) {
         let n = FRAME_BATCH.min(b * t - start);
-        let (f, h) =
-            model.encode_frames(&frames.narrow(0, start, n)?, &masks.narrow(0, start, n)?)?;
-        features.push(f);
-        hmn.push(h);
+        let (f, m) = (frames.narrow(0, start, n)?, masks.narrow(0, start, n)?);
+        features.push(engine.frames(&model, &f, &m)?.to_device(device)?);
+        hmn.push(visual.subject_token(&visual.patch_weights(&m)?.to_dtype(model.dtype())?)?);
     }
     let frame_features = Tensor::cat(&features, 0)?.reshape((b, t, cfg.embed_dim))?;
     let hmn_token = Tensor::cat(&hmn, 0)?;
-    let video_embedding = model.encode_video_from_features(&frame_features)?;
+    let video_embedding = engine.video(&model, &frame_features)?;
 
     let mut out: HashMap<String, Tensor> = HashMap::new();
     out.insert("frame_features".into(), frame_features);

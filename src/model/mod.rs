@@ -7,6 +7,7 @@
 
 pub mod embed;
 mod emotionclip;
+pub mod engine;
 mod error;
 mod hparams;
 mod id;
@@ -20,6 +21,7 @@ pub mod weights;
 
 pub use embed::EmbedArgs;
 pub use emotionclip::{Backbone, EmotionClip, l2_normalize};
+pub use engine::{CandleEngine, Engine};
 pub use error::Error;
 pub use hparams::{EmotionClipConfig, Fusion, TemporalConfig, TextConfig, VisionConfig};
 pub use id::ModelId;

@@ -26,6 +26,11 @@ impl Value {
     pub fn name(&self) -> &str {
         &self.0
     }
+
+    /// An optional node input left out (the empty name).
+    pub fn absent() -> Self {
+        Value(String::new())
+    }
 }
 
 /// One dimension of a graph input or output.
@@ -70,6 +75,7 @@ pub enum Attr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Elem {
     F32,
+    F16,
     I64,
     I8,
     U8,
@@ -79,6 +85,7 @@ impl Elem {
     fn data_type(self) -> DataType {
         match self {
             Elem::F32 => DataType::Float,
+            Elem::F16 => DataType::Float16,
             Elem::I64 => DataType::Int64,
             Elem::I8 => DataType::Int8,
             Elem::U8 => DataType::Uint8,
@@ -88,6 +95,7 @@ impl Elem {
     fn size(self) -> usize {
         match self {
             Elem::F32 => 4,
+            Elem::F16 => 2,
             Elem::I64 => 8,
             Elem::I8 | Elem::U8 => 1,
         }
@@ -105,6 +113,9 @@ pub struct Graph {
     outputs: Vec<ValueInfoProto>,
     next: usize,
     uses_ms_domain: bool,
+    /// The element type of [`Graph::float_tensor`] / [`Graph::float_scalar`]: f32, or f16
+    /// for a half-precision graph.
+    float: Option<Elem>,
 }
 
 impl Graph {
@@ -113,6 +124,20 @@ impl Graph {
             name: name.to_owned(),
             ..Self::default()
         }
+    }
+
+    /// Makes [`Graph::float_tensor`] and [`Graph::float_scalar`] write `elem` (F32 or F16).
+    pub fn set_float(&mut self, elem: Elem) {
+        assert!(
+            matches!(elem, Elem::F32 | Elem::F16),
+            "{elem:?} is not a float type"
+        );
+        self.float = Some(elem);
+    }
+
+    /// The element type of the graph's float tensors (F32 unless set).
+    pub fn float(&self) -> Elem {
+        self.float.unwrap_or(Elem::F32)
     }
 
     fn fresh(&mut self, hint: &str) -> String {
@@ -187,6 +212,34 @@ impl Graph {
         self.f32_tensor(hint, &[], &[v])
     }
 
+    /// A float16 initializer from f32 values (rounded to nearest, ties to even).
+    pub fn f16_tensor(&mut self, hint: &str, dims: &[usize], data: &[f32]) -> Value {
+        let raw = data
+            .iter()
+            .flat_map(|v| f32_to_f16_bits(*v).to_le_bytes())
+            .collect();
+        self.raw_initializer(hint, Elem::F16, dims, raw)
+    }
+
+    /// An initializer of the graph's float type ([`Graph::set_float`]).
+    pub fn float_tensor(&mut self, hint: &str, dims: &[usize], data: &[f32]) -> Value {
+        match self.float() {
+            Elem::F16 => self.f16_tensor(hint, dims, data),
+            _ => self.f32_tensor(hint, dims, data),
+        }
+    }
+
+    /// A rank-0 initializer of the graph's float type.
+    pub fn float_scalar(&mut self, hint: &str, v: f32) -> Value {
+        self.float_tensor(hint, &[], &[v])
+    }
+
+    /// An int8 initializer.
+    pub fn i8_tensor(&mut self, hint: &str, dims: &[usize], data: &[i8]) -> Value {
+        let raw = data.iter().map(|v| v.to_le_bytes()[0]).collect();
+        self.raw_initializer(hint, Elem::I8, dims, raw)
+    }
+
     /// A 1-D int64 initializer (shapes, axes, indices).
     pub fn i64_vector(&mut self, hint: &str, data: &[i64]) -> Value {
         let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -209,18 +262,38 @@ impl Graph {
         self.push(op, MS_DOMAIN, inputs, attrs)
     }
 
-    fn push(&mut self, op: &str, domain: &str, inputs: &[&Value], attrs: &[(&str, Attr)]) -> Value {
-        let out = self.fresh(op);
+    /// A node with `outputs` outputs, of the default domain (`""`) or `com.microsoft`.
+    pub fn node_n(
+        &mut self,
+        op: &str,
+        domain: &str,
+        inputs: &[&Value],
+        attrs: &[(&str, Attr)],
+        outputs: usize,
+    ) -> Vec<Value> {
+        if domain == MS_DOMAIN {
+            self.uses_ms_domain = true;
+        }
+        let outs: Vec<String> = (0..outputs).map(|_| self.fresh(op)).collect();
         self.nodes.push(NodeProto {
             input: inputs.iter().map(|v| v.0.clone()).collect(),
-            output: vec![out.clone()],
-            name: Some(format!("{out}_node")),
+            output: outs.clone(),
+            name: Some(format!("{}_node", outs[0])),
             op_type: Some(op.to_owned()),
             domain: (!domain.is_empty()).then(|| domain.to_owned()),
             attribute: attrs.iter().map(|(n, a)| attribute(n, a)).collect(),
             ..NodeProto::default()
         });
-        Value(out)
+        outs.into_iter().map(Value).collect()
+    }
+
+    fn push(&mut self, op: &str, domain: &str, inputs: &[&Value], attrs: &[(&str, Attr)]) -> Value {
+        self.node_n(op, domain, inputs, attrs, 1).remove(0)
+    }
+
+    /// `Cast` to `to`.
+    pub fn cast(&mut self, x: &Value, to: Elem) -> Value {
+        self.node("Cast", &[x], &[("to", Attr::Int(to.data_type() as i64))])
     }
 
     pub fn add(&mut self, a: &Value, b: &Value) -> Value {
@@ -275,9 +348,9 @@ impl Graph {
     /// Exact (erf) GELU in the one form ONNX Runtime fuses into `Gelu`:
     /// `Div(x, sqrt 2) -> Erf -> Add 1 -> Mul x -> Mul 0.5`.
     pub fn gelu_erf(&mut self, x: &Value) -> Value {
-        let sqrt2 = self.f32_scalar("sqrt2", std::f32::consts::SQRT_2);
-        let one = self.f32_scalar("one", 1.0);
-        let half = self.f32_scalar("half", 0.5);
+        let sqrt2 = self.float_scalar("sqrt2", std::f32::consts::SQRT_2);
+        let one = self.float_scalar("one", 1.0);
+        let half = self.float_scalar("half", 0.5);
         let d = self.div(x, &sqrt2);
         let e = self.node("Erf", &[&d], &[]);
         let e = self.add(&e, &one);
@@ -318,6 +391,43 @@ impl Graph {
             }),
             ..ModelProto::default()
         }
+    }
+}
+
+/// The IEEE half-precision bits nearest to `v` (ties to even; overflow to infinity, NaN
+/// kept NaN).
+pub fn f32_to_f16_bits(v: f32) -> u16 {
+    let bits = v.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let man = bits & 0x7f_ffff;
+    if exp == 0xff {
+        return sign | 0x7c00 | if man != 0 { 0x200 } else { 0 };
+    }
+    // Unbiased exponent, re-biased for f16 (15).
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    // The 24-bit significand with its implicit bit (0 for f32 subnormals, which are far
+    // below f16's range anyway).
+    let full = if exp == 0 { man } else { man | 0x80_0000 };
+    // Right shift that leaves 11 significant bits (normal) or fewer (subnormal f16).
+    let shift = if e <= 0 { 14 - e } else { 13 };
+    if shift > 24 {
+        return sign;
+    }
+    let kept = full >> shift;
+    let rest = full & ((1u32 << shift) - 1);
+    let half = 1u32 << (shift - 1);
+    let rounded = kept + u32::from(rest > half || (rest == half && kept & 1 == 1));
+    if e <= 0 {
+        // Subnormal: the value is rounded * 2^-24; a carry into 0x400 is the smallest normal.
+        sign | rounded as u16
+    } else {
+        // Normal: adding the mantissa (with its implicit bit) to the exponent field carries
+        // into the exponent on rounding up, as it should.
+        sign | ((((e as u32) << 10) + (rounded - 0x400)) as u16)
     }
 }
 
@@ -420,5 +530,58 @@ mod tests {
             .map(|o| (o.domain.clone().unwrap(), o.version.unwrap()))
             .collect();
         assert_eq!(domains, [(String::new(), OPSET), (MS_DOMAIN.to_owned(), 1)]);
+    }
+
+    #[test]
+    fn f16_bits_round_to_nearest_even_as_candle_does() {
+        use candle_core::{DType, Device, Tensor};
+        let mut values = vec![
+            0.0f32,
+            -0.0,
+            1.0,
+            -2.5,
+            65504.0,
+            65520.0,
+            1e6,
+            6.1e-5,
+            5.96e-8,
+            2.9e-8,
+            1e-9,
+            0.1,
+            1.0 + 1.0 / 2048.0,
+            1.0 + 3.0 / 2048.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        let mut x = 0x1234_5678u32;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            // Magnitudes from 2^-30 to 2^20, both signs.
+            let e = (x % 50) as i32 - 30;
+            values.push((x as f32 / u32::MAX as f32 - 0.5) * 2f32.powi(e));
+        }
+        // candle's own rounding (the `half` crate), read back as f32; and ours, through
+        // candle's f16 -> f32.
+        let dev = Device::Cpu;
+        let want = Tensor::new(values.as_slice(), &dev)
+            .and_then(|t| t.to_dtype(DType::F16))
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1::<f32>())
+            .unwrap();
+        let bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|v| f32_to_f16_bits(*v).to_le_bytes())
+            .collect();
+        let got = Tensor::from_raw_buffer(&bytes, DType::F16, &[values.len()], &dev)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1::<f32>())
+            .unwrap();
+        for ((v, g), w) in values.iter().zip(got).zip(want) {
+            assert_eq!(g.to_bits(), w.to_bits(), "{v:e}: {g:e} vs {w:e}");
+        }
+        assert_eq!(f32_to_f16_bits(f32::NAN) & 0x7c00, 0x7c00);
+        assert_ne!(f32_to_f16_bits(f32::NAN) & 0x3ff, 0);
     }
 }

@@ -152,10 +152,15 @@ pub fn detect_sections() -> String {
 }
 
 /// `[model]`: the tiny teacher architecture with seeded random weights: windows in seconds.
+/// Its ONNX exports go to `onnx-cache` in the daemon's own folder (relative to the config
+/// file), never to the default `/var/cache/affectd/onnx`.
 pub fn tiny_model_section() -> String {
     format!(
         "[model]\nallow_untrained = true\nseed = 7\nconfig = \"{}\"\nname = \"tiny-teacher\"\n\
-         update_every = 2\n",
+         update_every = 2\n{TINY_ONNX_CACHE}\n",
         fixture("tiny-teacher.json").display()
     )
 }
+
+/// The `onnx_cache_dir` line of [`tiny_model_section`] (to replace).
+pub const TINY_ONNX_CACHE: &str = "onnx_cache_dir = \"onnx-cache\"";
