@@ -93,6 +93,9 @@ def main() -> None:
         reference = visual(tensor[:2]).numpy()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    # As affectd's sessions (detect::open_with): no spin-waiting between runs, so both ONNX
+    # Runtime columns run the same thread pool settings.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
