@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
 use daemon::{Daemon, detect_sections, fixture, tiny_model_section};
-use mosquitto::{Mosquitto, Msg, Options, Subscriber};
+use mosquitto::{Mosquitto, Msg, Options, Subscriber, run};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -54,17 +54,6 @@ fn deploy(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("deploy/mosquitto")
         .join(name)
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A client certificate with CN = `node`, signed by the central broker's test CA (the CA the

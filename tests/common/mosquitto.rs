@@ -295,7 +295,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn run(cmd: &mut Command) {
+/// Runs `cmd` (openssl, say) to completion; panics with its stderr if it fails.
+pub fn run(cmd: &mut Command) {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
