@@ -133,7 +133,27 @@ pub struct EncoderSender {
     dropped: Arc<AtomicU64>,
 }
 
+/// The encoder's end of an [`EncoderSender`]: the sample queue, the doorbell and the control
+/// channel.
+type SenderEnds = (Arc<ArrayQueue<Numbered>>, Receiver<()>, Receiver<Control>);
+
 impl EncoderSender {
+    /// A sender over a drop-oldest queue of `queue` samples (at least 1), and the ends the
+    /// encoder thread reads.
+    fn with_queue(queue: usize) -> (EncoderSender, SenderEnds) {
+        let samples = Arc::new(ArrayQueue::new(queue.max(1)));
+        let (doorbell, ring) = crossbeam_channel::bounded(1);
+        let (control, control_rx) = crossbeam_channel::unbounded();
+        let sender = EncoderSender {
+            samples: Arc::clone(&samples),
+            next: Arc::default(),
+            doorbell,
+            control,
+            dropped: Arc::default(),
+        };
+        (sender, (samples, ring, control_rx))
+    }
+
     /// Hands a sample over; when the queue is full the oldest waiting sample is dropped.
     pub fn sample(&self, sample: PersonSample) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -227,16 +247,7 @@ impl EncoderStage {
         beat: Beat,
         stop: CancellationToken,
     ) -> std::io::Result<EncoderStage> {
-        let samples = Arc::new(ArrayQueue::new(options.queue.max(1)));
-        let (doorbell, ring) = crossbeam_channel::bounded(1);
-        let (control, control_rx) = crossbeam_channel::unbounded();
-        let sender = EncoderSender {
-            samples: Arc::clone(&samples),
-            next: Arc::default(),
-            doorbell,
-            control,
-            dropped: Arc::default(),
-        };
+        let (sender, (samples, ring, control_rx)) = EncoderSender::with_queue(options.queue);
         let stats = Arc::new(EncoderStats::default());
         let deadline = StopDeadline::default();
         let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
@@ -314,16 +325,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_its_oldest_sample_and_counts_it() {
-        let samples = Arc::new(ArrayQueue::new(2));
-        let (doorbell, _ring) = crossbeam_channel::bounded(1);
-        let (control, _control_rx) = crossbeam_channel::unbounded();
-        let sender = EncoderSender {
-            samples: Arc::clone(&samples),
-            next: Arc::default(),
-            doorbell,
-            control,
-            dropped: Arc::default(),
-        };
+        let (sender, (samples, _ring, _control_rx)) = EncoderSender::with_queue(2);
         for track_id in 0..5 {
             sender.sample(PersonSample {
                 frame: Frame {
