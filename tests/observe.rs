@@ -406,6 +406,16 @@ fn a_token_guards_every_endpoint_but_the_probes_status() {
     let mut daemon = Daemon::start(&config);
     let addr = daemon.http_addr(Duration::from_secs(30));
     let token = Some("s3cret-token");
+    // The server listens before the stages are attached (until then it answers 503,
+    // "starting") while the stages start.
+    wait_for(
+        &mut daemon,
+        addr,
+        "/api/cameras",
+        token,
+        Duration::from_secs(30),
+        |r| r.status != 503,
+    );
 
     for path in ["/metrics", "/api/cameras", "/api/tracks"] {
         let r = get(addr, path, None);
