@@ -316,6 +316,13 @@ impl Graph {
         let s = self.i64_vector("shape", shape);
         self.node("Reshape", &[x, &s], &[])
     }
+    /// `x[.., start..end, ..]` along `axis`.
+    pub fn slice(&mut self, x: &Value, axis: i64, start: i64, end: i64) -> Value {
+        let starts = self.i64_vector("starts", &[start]);
+        let ends = self.i64_vector("ends", &[end]);
+        let axes = self.i64_vector("axes", &[axis]);
+        self.node("Slice", &[x, &starts, &ends, &axes], &[])
+    }
     pub fn concat(&mut self, xs: &[&Value], axis: i64) -> Value {
         self.node("Concat", xs, &[("axis", Attr::Int(axis))])
     }
