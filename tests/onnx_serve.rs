@@ -362,6 +362,32 @@ fn a_daemon_serving_through_onnx_publishes_and_re_exports_a_corrupt_cache_entry(
             .is_ok_and(|v| v["model"]["name"] == "tiny-teacher")
     };
 
+    // `affectd check` says what `run` will do with the cache, and writes nothing.
+    let config_dir = tempfile::tempdir().unwrap();
+    let config_path = config_dir.path().join("affectd.toml");
+    std::fs::write(&config_path, &config).unwrap();
+    let check = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_affectd"))
+            .args(["check", "--config"])
+            .arg(&config_path)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        report
+            .lines()
+            .find(|l| l.starts_with("encoder "))
+            .unwrap_or_else(|| panic!("no encoder line:\n{report}"))
+            .to_owned()
+    };
+    let line = check();
+    eprintln!("check before the first start: {line}");
+    assert!(
+        line.starts_with("encoder  ok    onnx f32: ONNX Runtime loads; nothing cached at")
+            && line.contains("`affectd run` exports there at start"),
+        "{line}"
+    );
+    assert!(entries(cache.path()).is_empty(), "check wrote to the cache");
+
     let mut first = Daemon::start(&config);
     let got = sub.wait_for(Duration::from_secs(25), person);
     let (status, _) = first.terminate(Duration::from_secs(10));
@@ -379,6 +405,14 @@ fn a_daemon_serving_through_onnx_publishes_and_re_exports_a_corrupt_cache_entry(
     );
     let entry = entries(cache.path());
     assert_eq!(entry.len(), 1, "{entry:?}");
+    let line = check();
+    eprintln!("check after it: {line}");
+    assert!(
+        line.starts_with("encoder  ok    onnx f32 on cpu: the cached export")
+            && line.contains(&entry[0])
+            && line.ends_with("is verified and opens"),
+        "{line}"
+    );
 
     // Corrupt the frame encoder in place: the next start must not trust it.
     let graph = cache.path().join(&entry[0]).join("frame_encoder.onnx");
@@ -386,6 +420,13 @@ fn a_daemon_serving_through_onnx_publishes_and_re_exports_a_corrupt_cache_entry(
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x5a;
     std::fs::write(&graph, &bytes).unwrap();
+    let line = check();
+    eprintln!("check of the corrupt entry: {line}");
+    assert!(
+        line.contains("is not trusted (frame_encoder.onnx: sha256")
+            && line.ends_with("`affectd run` exports it again at start"),
+        "{line}"
+    );
 
     let mark = sub.mark();
     let mut second = Daemon::start(&config);

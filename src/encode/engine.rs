@@ -6,14 +6,16 @@
 //! [`LiveEncoder`](super::LiveEncoder) that owns the model, so it lives on the encoder thread
 //! and is swapped with the model on a reload.
 
+use std::path::Path;
+
 use candle_core::{DType, Device, Result, Tensor};
 use tracing::{info, warn};
 
 use super::config::{ModelConfig, ModelDtype, ModelRuntime};
 use crate::detect::SessionSpec;
 use crate::model::embed::{EmbedArgs, EmbedRuntime};
-use crate::model::{CandleEngine, EmotionClip, Engine};
-use crate::onnx::serve::{OnnxEncoder, ServeOptions};
+use crate::model::{CandleEngine, EmotionClip, EmotionClipConfig, Engine};
+use crate::onnx::serve::{CacheProbe, OnnxEncoder, ServeOptions};
 use crate::onnx::{AttentionForm, WeightsSource};
 
 /// The model's export in ONNX Runtime. The patch weights of the masks are computed by the
@@ -62,42 +64,13 @@ pub fn select(
     weights_sha256: Option<&str>,
 ) -> std::result::Result<Box<dyn Engine>, crate::model::Error> {
     let runtime = cfg.runtime;
-    if runtime == ModelRuntime::Candle {
-        info!(
-            runtime = "candle",
-            "encoder runtime: candle ([model] runtime = \"candle\")"
-        );
+    if let Some(why) = candle_by_config(cfg) {
+        info!(runtime = "candle", "encoder runtime: candle ({why})");
         return Ok(Box::new(CandleEngine));
     }
-    if runtime == ModelRuntime::Auto && cfg.dtype != ModelDtype::F32 {
-        info!(
-            runtime = "candle",
-            "encoder runtime: candle (auto: dtype {:?} is candle's; ONNX Runtime serves f32 \
-             exports)",
-            cfg.dtype
-        );
-        return Ok(Box::new(CandleEngine));
-    }
-    let source = match weights_sha256 {
-        Some(sha256) => WeightsSource::File {
-            sha256: sha256.to_owned(),
-        },
-        None => WeightsSource::Seeded(cfg.seed),
-    };
+    let source = weights_source(cfg, weights_sha256);
     let trt_cache = cfg.onnx_cache_dir.join("trt");
-    let opts = ServeOptions {
-        cache_dir: &cfg.onnx_cache_dir,
-        precision: cfg.precision,
-        attention: AttentionForm::default(),
-        session: SessionSpec {
-            section: "model",
-            ort_library: cfg.ort_library.as_deref(),
-            providers: &cfg.providers,
-            threads: cfg.threads,
-            trt_fp16: cfg.precision == crate::onnx::Precision::Fp16,
-            trt_cache_dir: &trt_cache,
-        },
-    };
+    let opts = serve_options(cfg, &trt_cache);
     match OnnxEncoder::serve(model, &source, &opts) {
         Ok((encoder, entry)) => {
             info!(
@@ -122,6 +95,83 @@ pub fn select(
         Err(e) => Err(crate::model::Error::Candle(candle_core::Error::Msg(
             format!("[model] runtime = \"onnx\": {e:#}"),
         ))),
+    }
+}
+
+/// Why the config alone makes candle serve, if it does.
+fn candle_by_config(cfg: &ModelConfig) -> Option<String> {
+    match cfg.runtime {
+        ModelRuntime::Candle => Some("[model] runtime = \"candle\"".into()),
+        ModelRuntime::Auto if cfg.dtype != ModelDtype::F32 => Some(format!(
+            "auto: dtype {:?} is candle's; ONNX Runtime serves f32 exports",
+            cfg.dtype
+        )),
+        _ => None,
+    }
+}
+
+fn weights_source(cfg: &ModelConfig, weights_sha256: Option<&str>) -> WeightsSource {
+    match weights_sha256 {
+        Some(sha256) => WeightsSource::File {
+            sha256: sha256.to_owned(),
+        },
+        None => WeightsSource::Seeded(cfg.seed),
+    }
+}
+
+/// How `[model]` serves through ONNX Runtime (`trt_cache`: TensorRT's engine folder).
+fn serve_options<'a>(cfg: &'a ModelConfig, trt_cache: &'a Path) -> ServeOptions<'a> {
+    ServeOptions {
+        cache_dir: &cfg.onnx_cache_dir,
+        precision: cfg.precision,
+        attention: AttentionForm::default(),
+        session: SessionSpec {
+            section: "model",
+            ort_library: cfg.ort_library.as_deref(),
+            providers: &cfg.providers,
+            threads: cfg.threads,
+            trt_fp16: cfg.precision == crate::onnx::Precision::Fp16,
+            trt_cache_dir: trt_cache,
+        },
+    }
+}
+
+/// `affectd check`: which engine [`select`] would choose for a model of `arch` with these
+/// weights, found without exporting or writing: `Ok` with a line saying which and from what,
+/// `Err` with why `runtime = "onnx"` would not start. (`auto` never fails: it would serve
+/// candle, and the line says why.)
+pub fn probe(
+    cfg: &ModelConfig,
+    arch: &EmotionClipConfig,
+    weights_sha256: Option<&str>,
+) -> std::result::Result<String, String> {
+    if let Some(why) = candle_by_config(cfg) {
+        return Ok(format!("candle ({why})"));
+    }
+    let source = weights_source(cfg, weights_sha256);
+    let trt_cache = cfg.onnx_cache_dir.join("trt");
+    let opts = serve_options(cfg, &trt_cache);
+    let precision = cfg.precision.name();
+    match OnnxEncoder::probe(arch, &source, &opts) {
+        Ok(CacheProbe::Ready { dir, provider }) => Ok(format!(
+            "onnx {precision} on {}: the cached export {} is verified and opens",
+            provider.name(),
+            dir.display()
+        )),
+        Ok(CacheProbe::Absent { dir }) => Ok(format!(
+            "onnx {precision}: ONNX Runtime loads; nothing cached at {} yet: `affectd run` \
+             exports there at start",
+            dir.display()
+        )),
+        Ok(CacheProbe::Untrusted { dir, why }) => Ok(format!(
+            "onnx {precision}: the cached export {} is not trusted ({why}): `affectd run` \
+             exports it again at start",
+            dir.display()
+        )),
+        Err(e) if cfg.runtime == ModelRuntime::Auto => {
+            Ok(format!("candle (auto: ONNX Runtime cannot serve: {e:#})"))
+        }
+        Err(e) => Err(format!("[model] runtime = \"onnx\": {e:#}")),
     }
 }
 

@@ -17,7 +17,7 @@ mod worker;
 
 pub use crate::model::{CandleEngine, Engine};
 pub use config::{Crop, ModelConfig, ModelDevice, ModelDtype, ModelRuntime};
-pub use engine::{OnnxEngine, embed, select as select_engine};
+pub use engine::{OnnxEngine, embed, probe as probe_engine, select as select_engine};
 pub use live::{LiveEncoder, WindowUpdate};
 pub use load::{LoadedModel, build_readout, load, load_encoder};
 pub use persons::{Person, Persons};

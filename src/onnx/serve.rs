@@ -14,13 +14,13 @@ use ort::session::Session;
 use ort::value::TensorRef;
 use tracing::warn;
 
-use super::cache::{Entry, ExportCache, ExportKey};
+use super::cache::{Entry, ExportCache, ExportKey, Outcome, verify};
 use super::export::{
     AttentionForm, Error as ExportError, FRAME_FEATURES, PATCH_WEIGHTS, PIXELS, Precision,
     WeightsSource,
 };
 use crate::detect::{Provider, SessionSpec};
-use crate::model::EmotionClip;
+use crate::model::{EmotionClip, EmotionClipConfig};
 
 /// The frame and temporal encoders of one export in ONNX Runtime.
 pub struct OnnxEncoder {
@@ -43,6 +43,18 @@ impl std::fmt::Debug for OnnxEncoder {
             .field("precision", &self.precision)
             .finish_non_exhaustive()
     }
+}
+
+/// What [`OnnxEncoder::serve`] would find in the export cache, found by
+/// [`OnnxEncoder::probe`] without exporting or writing anything.
+#[derive(Debug)]
+pub enum CacheProbe {
+    /// A verified entry whose sessions open, on `provider`.
+    Ready { dir: PathBuf, provider: Provider },
+    /// No entry yet: `serve` exports one there.
+    Absent { dir: PathBuf },
+    /// An entry `serve` would not trust (why), and so exports again.
+    Untrusted { dir: PathBuf, why: String },
 }
 
 /// How the daemon serves through ONNX Runtime: `[model]`'s keys.
@@ -103,6 +115,38 @@ impl OnnxEncoder {
         let encoder = Self::open(&entry, &opts.session)
             .with_context(|| format!("opening {}", entry.dir.display()))?;
         Ok((encoder, entry))
+    }
+
+    /// What [`serve`](Self::serve) would find for a model of `config` with the weights of
+    /// `source` (`affectd check`): ONNX Runtime is loaded, the entry verified and, when it
+    /// exists and is trusted, both its sessions opened as `serve` opens them. Writes nothing.
+    /// An error is what would stop `serve` outright: no library, or sessions that cannot open.
+    pub fn probe(
+        config: &EmotionClipConfig,
+        source: &WeightsSource,
+        opts: &ServeOptions<'_>,
+    ) -> anyhow::Result<CacheProbe> {
+        crate::detect::ort_environment(opts.session.ort_library)?;
+        let key = ExportKey::new(source, config, opts.precision, opts.attention);
+        let dir = ExportCache::new(opts.cache_dir).entry_dir(&key);
+        if !dir.exists() {
+            return Ok(CacheProbe::Absent { dir });
+        }
+        let manifest = match verify(&dir, &key) {
+            Ok(manifest) => manifest,
+            Err(why) => return Ok(CacheProbe::Untrusted { dir, why }),
+        };
+        let entry = Entry {
+            dir,
+            manifest,
+            outcome: Outcome::Hit,
+        };
+        let encoder = Self::open(&entry, &opts.session)
+            .with_context(|| format!("opening {}", entry.dir.display()))?;
+        Ok(CacheProbe::Ready {
+            dir: entry.dir,
+            provider: encoder.provider,
+        })
     }
 
     /// The execution provider serving.

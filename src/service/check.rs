@@ -123,15 +123,28 @@ fn check_model(
         },
         None => EmotionClipConfig::vit_b32(),
     };
-    match cfg.weights_to_load() {
+    let loaded = match cfg.weights_to_load() {
         Some(path) => match EmotionClip::load(path, &arch, &candle_core::Device::Cpu) {
-            Ok(_) => report.ok(
-                "model",
-                format!("{}: every key present with its shape", path.display()),
-            ),
-            Err(e) => report.fail("model", e),
+            Ok(_) => {
+                report.ok(
+                    "model",
+                    format!("{}: every key present with its shape", path.display()),
+                );
+                match crate::digest::sha256_file(path) {
+                    Ok(digest) => Some(Some(digest)),
+                    Err(e) => {
+                        report.fail("model", format!("{}: {e}", path.display()));
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                report.fail("model", e);
+                None
+            }
         },
-        None => report.ok(
+        None => {
+            report.ok(
             "model",
             format!(
                 "UNTRAINED: no weights file{}; seeded random ViT-B/32 will run and every message says \"untrained\"",
@@ -140,7 +153,16 @@ fn check_model(
                     .map(|p| format!(" at {}", p.display()))
                     .unwrap_or_default()
             ),
-        ),
+            );
+            Some(None)
+        }
+    };
+    // Which engine `run` would serve the weights with (the export cache read, not written).
+    if let Some(weights_sha256) = loaded {
+        match crate::encode::probe_engine(cfg, &arch, weights_sha256.as_deref()) {
+            Ok(line) => report.ok("encoder", line),
+            Err(e) => report.fail("encoder", e),
+        }
     }
     Some(arch)
 }
