@@ -2,7 +2,9 @@
 //! CPU) and the same weights exported by `affectd export-onnx` run in ONNX Runtime
 //! (affectd-ONNX f32, and int8 as `--precision int8` writes it), against the same
 //! architecture in PyTorch (open_clip `ViT-B-32`) and in ONNX Runtime (that tower exported to
-//! ONNX by PyTorch), on the same pixels with the same thread count, side by side in one run;
+//! ONNX by PyTorch), on the same pixels with the same thread count, side by side in one run
+//! (affectd's f32 graph also runs in the Python process, beside open_clip's export in the same
+//! ONNX Runtime set-up, so that the two graphs are compared with nothing else different);
 //! then the temporal encoder (candle and affectd-ONNX), incremental vs naive window updates,
 //! and the resident memory of `affectd run` with ViT-B/32 loaded.
 //!
@@ -165,8 +167,12 @@ fn main() {
         .map(|(a, b)| affectd::train::zero_shot::cosine(a, b))
         .collect();
 
+    let weights_raw = cache.join("patch_weights.f32");
+    let bytes: Vec<u8> = patch_weights.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&weights_raw, bytes).expect("write patch weights");
+    let graph = cache.join("affectd-onnx").join(FRAME_ENCODER_FILE);
     let mut py = (std::env::var("AFFECTD_BENCH_REFERENCE").as_deref() != Ok("none"))
-        .then(|| Python::start(&python, &raw, threads, &cache));
+        .then(|| Python::start(&python, &[&raw, &graph, &weights_raw], threads, &cache));
     println!(
         "threads {threads} (candle get_num_threads {candle_threads}); {rounds} rounds of \
          >= {slice} s slices per batch size; {FRAMES} person crops of vtest; ViT-B/32 random \
@@ -200,6 +206,7 @@ fn main() {
         });
         reference("torch", b, 0.0);
         reference("ort", b, 0.0);
+        reference("ort-affectd", b, 0.0);
         timed(0.0, b, || {
             onnx.frames(&pixel_data, &patch_weights, b);
         });
@@ -207,7 +214,7 @@ fn main() {
             int8.frames(&pixel_data, &patch_weights, b);
         });
         let mut row = FrameRow::new(b);
-        for _ in 0..rounds {
+        for round in 0..rounds {
             let c = candle();
             let a = timed(slice, b, || {
                 std::hint::black_box(onnx.frames(&pixel_data, &patch_weights, b));
@@ -216,14 +223,23 @@ fn main() {
                 std::hint::black_box(int8.frames(&pixel_data, &patch_weights, b));
             });
             let t = reference("torch", b, slice);
-            let o = reference("ort", b, slice);
+            // The two graphs in Python ONNX Runtime, in alternating order.
+            let (o, g) = if round % 2 == 0 {
+                let o = reference("ort", b, slice);
+                (o, reference("ort-affectd", b, slice))
+            } else {
+                let g = reference("ort-affectd", b, slice);
+                (reference("ort", b, slice), g)
+            };
             eprintln!(
                 "batch {b}: candle {c:.2}, affectd-onnx {a:.2}, affectd-onnx int8 {q:.2}, \
-                 torch {t:.2}, ort {o:.2} frames/s"
+                 torch {t:.2}, ort {o:.2}, affectd graph in python ort {g:.2} frames/s"
             );
             row.push(c, a, t, o);
             row.int8.push(q);
             row.int8_vs_onnx.push(q / a);
+            row.graph.push(g);
+            row.graph_vs_ort.push(g / o);
         }
         frame_rows.push(row);
     }
@@ -414,6 +430,23 @@ fn print_encoders(
         );
     }
     println!(
+        "\n| Same runtime, same process (Python ONNX Runtime), person-frames/s, mean of \
+         {rounds}; best | affectd's f32 graph | open_clip's export | **affectd / open_clip** | \
+         median paired |"
+    );
+    println!("|---|---|---|---|---|");
+    for row in frame_rows.iter_mut() {
+        let (g, o) = (mean(&row.graph), mean(&row.ort));
+        println!(
+            "| batch {} | {g:.2} ({:.2}) | {o:.2} ({:.2}) | **{:.3}** | {:.3} |",
+            row.batch,
+            best(&row.graph),
+            best(&row.ort),
+            g / o,
+            median(&mut row.graph_vs_ort),
+        );
+    }
+    println!(
         "\naffectd-ONNX frame graph after ONNX Runtime's optimisation: {:?}",
         onnx.frame_ops
     );
@@ -555,6 +588,9 @@ struct FrameRow {
     onnx_vs_ort: Vec<f64>,
     int8: Vec<f64>,
     int8_vs_onnx: Vec<f64>,
+    /// affectd's f32 graph in the Python ONNX Runtime session beside open_clip's.
+    graph: Vec<f64>,
+    graph_vs_ort: Vec<f64>,
 }
 
 impl FrameRow {
@@ -616,13 +652,18 @@ struct Python {
 }
 
 impl Python {
-    fn start(python: &str, raw: &Path, threads: usize, cache: &Path) -> Python {
+    /// `files`: the pixels, affectd's frame graph and its patch weights
+    /// (benches/encoder_reference.py's arguments).
+    fn start(python: &str, files: &[&Path; 3], threads: usize, cache: &Path) -> Python {
+        let [raw, graph, weights] = files;
         let mut child = Command::new(python)
             .arg("benches/encoder_reference.py")
             .arg(raw)
             .arg(FRAMES.to_string())
             .arg(threads.to_string())
             .arg(cache)
+            .arg(graph)
+            .arg(weights)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

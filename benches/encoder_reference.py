@@ -2,12 +2,16 @@
 in ONNX Runtime (that tower exported to ONNX), timed on the same pixels with the same thread
 count as affectd's candle encoder.
 
-usage: encoder_reference.py PIXELS FRAMES THREADS CACHE_DIR
+usage: encoder_reference.py PIXELS FRAMES THREADS CACHE_DIR [AFFECTD_FRAME_GRAPH PATCH_WEIGHTS]
 PIXELS is raw little-endian float32, FRAMES x 3 x 224 x 224 (already normalised). The ONNX
 file is exported once into CACHE_DIR (reused when present; never committed).
 
+With AFFECTD_FRAME_GRAPH (affectd's exported frame encoder) and PATCH_WEIGHTS (raw float32,
+FRAMES x P, its second input) the runtime "ort-affectd" runs affectd's graph in this same
+Python ONNX Runtime session setup: the two graphs then differ in nothing but the graph.
+
 Prints one JSON line {"ready": true, ...} with versions and checks; then for each stdin line
-"RUNTIME BATCH SECONDS" (RUNTIME is torch or ort) it runs the tower on the first BATCH frames
+"RUNTIME BATCH SECONDS" (RUNTIME is torch, ort or ort-affectd) it runs the tower on the first BATCH frames
 repeatedly until SECONDS have passed (at least once) and prints {"fps": frames/s, "runs": n},
 so that the caller can alternate short slices of every runtime under the same machine load.
 
@@ -62,6 +66,16 @@ def export_onnx(visual: torch.nn.Module, path: str) -> None:
     os.replace(tmp, path)
 
 
+def ort_session(path: str, threads: int) -> ort.InferenceSession:
+    """A CPU session set up as affectd's (detect::open_with): no spin-waiting between runs."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
 def timed(run, batch: int, seconds: float) -> dict:
     runs = 0
     start = time.perf_counter()
@@ -76,6 +90,7 @@ def timed(run, batch: int, seconds: float) -> dict:
 
 def main() -> None:
     pixels, frames, threads, cache = sys.argv[1:5]
+    affectd_graph, patch_weights = (sys.argv[5:7] + [None, None])[:2]
     frames, threads = int(frames), int(threads)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -91,14 +106,7 @@ def main() -> None:
         if not os.path.exists(onnx_path):
             export_onnx(visual, onnx_path)
         reference = visual(tensor[:2]).numpy()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    # As affectd's sessions (detect::open_with): no spin-waiting between runs, so both ONNX
-    # Runtime columns run the same thread pool settings.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(onnx_path, threads)
     name = sess.get_inputs()[0].name
     onnx_out = sess.run(None, {name: data[:2]})[0]
     checks["onnx_vs_torch_max_abs"] = float(np.abs(onnx_out - reference).max())
@@ -117,6 +125,15 @@ def main() -> None:
         return lambda: sess.run(None, {name: x})
 
     runners = {"torch": torch_run, "ort": ort_run}
+    if affectd_graph:
+        affectd = ort_session(affectd_graph, threads)
+        weights = np.fromfile(patch_weights, dtype="<f4").reshape(frames, -1)
+
+        def affectd_run(b: int):
+            feeds = {"pixels": np.ascontiguousarray(data[:b]), "patch_weights": weights[:b]}
+            return lambda: affectd.run(None, feeds)
+
+        runners["ort-affectd"] = affectd_run
     print(
         json.dumps(
             {
