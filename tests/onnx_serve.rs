@@ -305,6 +305,37 @@ fn load_serves_onnx_from_the_cache_and_auto_falls_back_to_candle() {
     let loaded =
         affectd::encode::load(&tiny_teacher(ModelRuntime::Onnx, &cache), &readout).unwrap();
     assert_eq!(loaded.encoder.engine_name(), "onnx");
+    // Serving through ONNX Runtime, the process keeps none of the weights it no longer runs:
+    // the text tower and candle's encoders are released, and say so if called.
+    let model = loaded.encoder.model();
+    let cfg = model.config().clone();
+    let s = cfg.vision_cfg.image_size;
+    let pixels = Tensor::zeros((1, 3, s, s), DType::F32, &Device::Cpu).unwrap();
+    let masks = Tensor::ones((1, s, s), DType::U8, &Device::Cpu).unwrap();
+    let tokens = Tensor::zeros((1, cfg.text_cfg.context_length), DType::I64, &Device::Cpu).unwrap();
+    for e in [
+        model.encode_text(&tokens).unwrap_err(),
+        model.encode_frames(&pixels, &masks).unwrap_err(),
+        model
+            .encode_video_from_features(
+                &Tensor::zeros(
+                    (1, cfg.temporal.video_len, cfg.embed_dim),
+                    DType::F32,
+                    &Device::Cpu,
+                )
+                .unwrap(),
+            )
+            .unwrap_err(),
+    ] {
+        assert!(e.to_string().contains("weights were released"), "{e}");
+    }
+    let e = affectd::onnx::export::frame_encoder(model, AttentionForm::default()).unwrap_err();
+    assert!(e.to_string().contains("released"), "{e}");
+    // What the live path still asks of it works.
+    assert_eq!(
+        model.backbone.visual.patch_weights(&masks).unwrap().dims(),
+        &[1, cfg.vision_cfg.grid_size() * cfg.vision_cfg.grid_size()]
+    );
     let first = entries(&cache);
     assert_eq!(first.len(), 1, "{first:?}");
     assert!(first[0].starts_with("emotionclip-f32-"), "{first:?}");
@@ -337,6 +368,10 @@ fn load_serves_onnx_from_the_cache_and_auto_falls_back_to_candle() {
     let candle =
         affectd::encode::load(&tiny_teacher(ModelRuntime::Candle, &unusable), &readout).unwrap();
     assert_eq!(candle.encoder.engine_name(), "candle");
+    // candle keeps its encoders (it runs them) but not the text tower.
+    let model = candle.encoder.model();
+    assert!(model.encode_frames(&pixels, &masks).is_ok());
+    assert!(model.encode_text(&tokens).is_err());
 }
 
 #[test]

@@ -132,6 +132,20 @@ impl EmotionClip {
         self.backbone.text.forward(tokens)
     }
 
+    /// Drops weights a serving daemon no longer reads, giving their memory back: the text
+    /// tower (the read-out computes its class embeddings once, at load) and, with `encoders`,
+    /// the frame encoder's blocks and the temporal encoder's layers (ONNX Runtime serves
+    /// them from the export). What stays answers the config and builds the masks' patch
+    /// weights. A released part fails when run, saying so; the exporter refuses the model.
+    pub fn release(&mut self, encoders: bool) -> Result<()> {
+        self.backbone.text.release()?;
+        if encoders {
+            self.backbone.visual.transformer.release();
+            self.visual_head.release();
+        }
+        Ok(())
+    }
+
     /// The stored `logit_scale` parameter (log space, as in the checkpoint).
     pub fn logit_scale(&self) -> Result<f32> {
         self.logit_scale.to_dtype(DType::F32)?.to_scalar::<f32>()

@@ -8,7 +8,7 @@
 use candle_core::{Module, Result, Tensor, bail};
 use candle_nn::{Init, Linear, VarBuilder, linear};
 
-use super::transformer::{LN_EPS, LayerNorm, MultiheadAttention, layer_norm};
+use super::transformer::{LN_EPS, LayerNorm, MultiheadAttention, RELEASED, layer_norm};
 use super::{Fusion, TemporalConfig};
 
 /// One `nn.TransformerEncoderLayer` (norm_first=False, activation='gelu', dropout off).
@@ -50,6 +50,8 @@ impl Module for EncoderLayer {
 pub struct TransformerEncoder {
     pub(crate) layers: Vec<EncoderLayer>,
     pub(crate) norm: LayerNorm,
+    /// The layers were dropped (`VisualHead::release`): running it fails.
+    released: bool,
 }
 
 impl TransformerEncoder {
@@ -61,6 +63,7 @@ impl TransformerEncoder {
         Ok(Self {
             layers,
             norm: layer_norm(dim, LN_EPS, vb.pp("norm"))?,
+            released: false,
         })
     }
 }
@@ -131,6 +134,9 @@ impl VisualHead {
                 video_embedding: features.mean(1)?,
             });
         };
+        if fusion.released {
+            bail!("{RELEASED}")
+        }
         let temporal_in = features.broadcast_add(pos)?;
         let mut layer_outputs = Vec::with_capacity(fusion.layers.len());
         let mut x = temporal_in.clone();
@@ -146,6 +152,20 @@ impl VisualHead {
             temporal_out,
             video_embedding,
         })
+    }
+
+    /// Drops the fusion layers' weights; the temporal encoder fails from then on (mean fusion
+    /// has none and keeps working).
+    pub(crate) fn release(&mut self) {
+        if let Some(fusion) = &mut self.fusion_layer {
+            fusion.layers = Vec::new();
+            fusion.released = true;
+        }
+    }
+
+    /// Whether the fusion layers were released.
+    pub fn is_released(&self) -> bool {
+        self.fusion_layer.as_ref().is_some_and(|f| f.released)
     }
 
     /// Frames per window.

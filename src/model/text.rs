@@ -62,6 +62,16 @@ impl TextTransformer {
         })
     }
 
+    /// Drops the token embedding and the blocks (most of the tower's weights); encoding text
+    /// fails from then on.
+    pub(crate) fn release(&mut self) -> Result<()> {
+        let w = self.positional_embedding.dim(1)?;
+        let e = self.token_embedding.embeddings();
+        self.token_embedding = Embedding::new(Tensor::zeros((1, w), e.dtype(), e.device())?, w);
+        self.transformer.release();
+        Ok(())
+    }
+
     /// Tokens per text.
     pub fn context_length(&self) -> usize {
         self.context_length
@@ -72,6 +82,7 @@ impl Module for TextTransformer {
     /// Text embeddings [N, embed_dim] (not normalised) for `tokens` [N, context_length]
     /// (integer ids; `ClipTokenizer` makes them).
     fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.transformer.held()?;
         let (n, l) = tokens.dims2()?;
         if l != self.context_length {
             bail!(

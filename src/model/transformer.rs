@@ -161,7 +161,13 @@ impl ResidualAttentionBlock {
 #[derive(Debug, Clone)]
 pub struct Transformer {
     pub(crate) resblocks: Vec<ResidualAttentionBlock>,
+    /// The blocks were dropped ([`Transformer::release`]): running it fails.
+    released: bool,
 }
+
+/// Why a released part of the model cannot run.
+pub(crate) const RELEASED: &str = "these weights were released after loading (the daemon \
+    serves them from elsewhere: the read-out's text embeddings, or ONNX Runtime's export)";
 
 impl Transformer {
     pub fn new(
@@ -175,10 +181,28 @@ impl Transformer {
         let resblocks = (0..layers)
             .map(|i| ResidualAttentionBlock::new(vb.pp(i), dim, heads, mlp_width))
             .collect::<Result<_>>()?;
-        Ok(Self { resblocks })
+        Ok(Self {
+            resblocks,
+            released: false,
+        })
+    }
+
+    /// Drops the blocks' weights; [`forward`](Self::forward) fails from then on.
+    pub(crate) fn release(&mut self) {
+        self.resblocks = Vec::new();
+        self.released = true;
+    }
+
+    /// An error when the blocks were released.
+    pub(crate) fn held(&self) -> Result<()> {
+        if self.released {
+            candle_core::bail!("{RELEASED}")
+        }
+        Ok(())
     }
 
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.held()?;
         let mut x = x.clone();
         for block in &self.resblocks {
             x = block.forward(&x, mask)?;

@@ -153,6 +153,7 @@ impl VisionTransformer {
 
     /// Same as `forward`, keeping every intermediate.
     pub fn trace(&self, pixels: &Tensor, mask: &Tensor) -> Result<FrameTrace> {
+        self.transformer.held()?;
         let (tokens_pre_ln, patch_weights, hmn_token) = self.embed(pixels, mask)?;
         let tokens_post_ln_pre = self.ln_pre.forward(&tokens_pre_ln)?;
         let mut block_outputs = Vec::with_capacity(self.transformer.resblocks.len());
@@ -172,6 +173,11 @@ impl VisionTransformer {
             cls_post_ln,
             features,
         })
+    }
+
+    /// Whether the blocks' weights were released (`EmotionClip::release`).
+    pub fn is_released(&self) -> bool {
+        self.transformer.held().is_err()
     }
 
     /// Token width.

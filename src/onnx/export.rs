@@ -427,6 +427,9 @@ pub fn frame_encoder_with(
 ) -> candle_core::Result<ModelProto> {
     let cfg = model.config();
     let v = &model.backbone.visual;
+    if v.is_released() {
+        candle_core::bail!("the frame encoder's weights were released: nothing to export");
+    }
     let (s, p, grid) = (v.image_size(), v.patch_size, v.grid_size);
     let (w, patches) = (v.width(), grid * grid);
     let batch = Dim::symbolic(BATCH);
@@ -521,6 +524,9 @@ pub fn temporal_encoder_with(
 ) -> candle_core::Result<ModelProto> {
     let (t, e) = (model.video_len(), model.embed_dim());
     let head = &model.visual_head;
+    if head.is_released() {
+        candle_core::bail!("the temporal encoder's weights were released: nothing to export");
+    }
     let batch = Dim::symbolic(BATCH);
     let mut wr = Writer::new(
         "emotionclip_temporal_encoder",
