@@ -24,16 +24,20 @@ pub struct LoadedModel {
 /// once.
 pub fn load(cfg: &ModelConfig, readout: &ReadoutConfig) -> Result<LoadedModel, Error> {
     let (mut model, digest) = load_encoder(cfg)?;
-    let engine = engine::select(cfg, &model, digest.as_deref())?;
     let readout = build_readout(&model, readout)?;
     // From here the text tower is never run, nor candle's encoders when ONNX Runtime serves:
-    // give their memory back (ViT-B/32 f32: about 250 MB, and 420 MB more with ONNX).
+    // give their memory back (ViT-B/32 f32: about 250 MB, and 420 MB more with ONNX). The
+    // text tower goes before the export, which holds a copy of the encoders' weights.
+    model.release(false)?;
+    let engine = engine::select(cfg, &model, digest.as_deref())?;
     let onnx = engine.name() == "onnx";
-    model.release(onnx)?;
+    if onnx {
+        model.release(true)?;
+    }
     debug!(
-        text_tower = true,
         encoders = onnx,
-        "released the weights this process no longer runs"
+        "released the weights this process no longer runs (the text tower, and the encoders \
+         when ONNX Runtime serves)"
     );
     let id = ModelId::new(cfg.name.clone(), digest.as_deref());
     if let (_, Some(fitted_on)) = readout.heads_model()
