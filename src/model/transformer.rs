@@ -193,6 +193,11 @@ impl Transformer {
         self.released = true;
     }
 
+    /// Whether [`release`](Self::release) dropped the blocks.
+    pub(crate) fn is_released(&self) -> bool {
+        self.released
+    }
+
     /// An error when the blocks were released.
     pub(crate) fn held(&self) -> Result<()> {
         if self.released {

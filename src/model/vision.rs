@@ -177,7 +177,7 @@ impl VisionTransformer {
 
     /// Whether the blocks' weights were released (`EmotionClip::release`).
     pub fn is_released(&self) -> bool {
-        self.transformer.held().is_err()
+        self.transformer.is_released()
     }
 
     /// Token width.
