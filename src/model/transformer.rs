@@ -108,6 +108,33 @@ impl MultiheadAttention {
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
         self.out_proj.forward(&y)
     }
+
+    /// The output at the first position of unmasked self-attention over `x` [B, L, D]:
+    /// [B, 1, D], equal to `forward(x, None).i((.., ..1))` at a fraction of the cost (Q for one
+    /// row; K and V for all).
+    pub fn forward_first(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, l, d) = x.dims3()?;
+        let (w, bias) = (self.in_proj.weight(), self.in_proj.bias());
+        let rows = |from: usize, n: usize| -> Result<Linear> {
+            Ok(Linear::new(
+                w.narrow(0, from, n)?,
+                bias.map(|b| b.narrow(0, from, n)).transpose()?,
+            ))
+        };
+        let heads = |t: Tensor, len: usize, parts: usize| {
+            t.reshape((b, len, parts, self.num_heads, self.head_dim))?
+                .permute((2, 0, 3, 1, 4))
+        };
+        let q = heads(rows(0, d)?.forward(&x.narrow(1, 0, 1)?)?, 1, 1)?;
+        let kv = heads(rows(d, 2 * d)?.forward(x)?, l, 2)?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let q = (q.get(0)?.contiguous()? * scale)?;
+        let k = kv.get(0)?.contiguous()?;
+        let v = kv.get(1)?.contiguous()?;
+        let att = softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, 1, d))?;
+        self.out_proj.forward(&y)
+    }
 }
 
 /// `mlp`: `c_fc` -> exact (erf) GELU -> `c_proj`.
@@ -154,6 +181,12 @@ impl ResidualAttentionBlock {
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask)?)?;
         &x + self.mlp.forward(&self.ln_2.forward(&x)?)?
+    }
+
+    /// `forward(x, None)` at the first position only: [B, 1, D].
+    pub fn forward_first(&self, x: &Tensor) -> Result<Tensor> {
+        let first = (x.narrow(1, 0, 1)? + self.attn.forward_first(&self.ln_1.forward(x)?)?)?;
+        &first + self.mlp.forward(&self.ln_2.forward(&first)?)?
     }
 }
 
@@ -213,5 +246,20 @@ impl Transformer {
             x = block.forward(&x, mask)?;
         }
         Ok(x)
+    }
+
+    /// The first position of `forward(x, None)`: [B, D]. The last block runs for that
+    /// position alone (it reads K and V of all of them), the same numbers for less work: what
+    /// a class-token readout needs.
+    pub fn forward_first(&self, x: &Tensor) -> Result<Tensor> {
+        self.held()?;
+        let Some((last, blocks)) = self.resblocks.split_last() else {
+            return x.narrow(1, 0, 1)?.squeeze(1);
+        };
+        let mut x = x.clone();
+        for block in blocks {
+            x = block.forward(&x, None)?;
+        }
+        last.forward_first(&x)?.squeeze(1)
     }
 }
