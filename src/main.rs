@@ -92,7 +92,7 @@ fn main() -> ExitCode {
                 Failure::Runtime(e.into())
             }
         }),
-        Command::ExportOnnx(args) => affectd::onnx::export::run(args).map_err(|e| {
+        Command::ExportOnnx(args) => affectd::onnx::cli::run(args).map_err(|e| {
             if e.is_usage() {
                 Failure::Usage(e.into())
             } else {
