@@ -90,22 +90,31 @@ impl MultiheadAttention {
 
     /// Self-attention over `x` [B, L, D]; `mask` is additive, [L, L] (`-inf` blocks).
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, l, d) = x.dims3()?;
+        let (b, l, _) = x.dims3()?;
         let qkv = self
             .in_proj
             .forward(x)?
             .reshape((b, l, 3, self.num_heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?;
+        self.attend(&qkv.get(0)?, &qkv.get(1)?, &qkv.get(2)?, mask)
+    }
+
+    /// Scaled dot-product attention of heads `q` [B, H, Lq, hd] over `k`, `v` [B, H, L, hd]
+    /// (`mask` additive, [Lq, L]), heads merged and output-projected: [B, Lq, D].
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, _, lq, _) = q.dims4()?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let q = (qkv.get(0)?.contiguous()? * scale)?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let mut att = q.matmul(&k.t()?)?;
+        let q = (q.contiguous()? * scale)?;
+        let mut att = q.matmul(&k.contiguous()?.t()?)?;
         if let Some(mask) = mask {
             att = att.broadcast_add(mask)?;
         }
         let att = softmax_last_dim(&att)?;
-        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
+        let y = att.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((
+            b,
+            lq,
+            self.num_heads * self.head_dim,
+        ))?;
         self.out_proj.forward(&y)
     }
 
@@ -127,13 +136,7 @@ impl MultiheadAttention {
         };
         let q = heads(rows(0, d)?.forward(&x.narrow(1, 0, 1)?)?, 1, 1)?;
         let kv = heads(rows(d, 2 * d)?.forward(x)?, l, 2)?;
-        let scale = (self.head_dim as f64).powf(-0.5);
-        let q = (q.get(0)?.contiguous()? * scale)?;
-        let k = kv.get(0)?.contiguous()?;
-        let v = kv.get(1)?.contiguous()?;
-        let att = softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, 1, d))?;
-        self.out_proj.forward(&y)
+        self.attend(&q.get(0)?, &kv.get(0)?, &kv.get(1)?, None)
     }
 }
 

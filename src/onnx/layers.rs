@@ -11,6 +11,13 @@ use super::graph::{Attr, Dim, Elem, Graph, Value};
 use super::quantize::per_column_symmetric;
 use crate::model::transformer::{LayerNorm, MultiheadAttention, ResidualAttentionBlock};
 
+/// The packed Q, K, V bias of `mha` (the official model always has one).
+fn in_proj_bias(mha: &MultiheadAttention) -> candle_core::Result<&Tensor> {
+    mha.in_proj
+        .bias()
+        .ok_or_else(|| candle_core::Error::Msg("attention without in_proj bias".into()))
+}
+
 /// A tensor's values as row-major f32.
 fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
@@ -148,10 +155,7 @@ impl Writer {
         let (three_w, w) = mha.in_proj.weight().dims2()?;
         debug_assert_eq!(three_w, 3 * w);
         let in_w = mha.in_proj.weight();
-        let in_b = mha
-            .in_proj
-            .bias()
-            .ok_or_else(|| candle_core::Error::Msg("attention without in_proj bias".into()))?;
+        let in_b = in_proj_bias(mha)?;
         let num_heads = [("num_heads", Attr::Int(heads as i64))];
         let y = match self.opts.attention {
             AttentionForm::Contrib
@@ -225,10 +229,7 @@ impl Writer {
         let (_, w) = mha.in_proj.weight().dims2()?;
         let head_dim = w / heads;
         let in_w = mha.in_proj.weight();
-        let in_b = mha
-            .in_proj
-            .bias()
-            .ok_or_else(|| candle_core::Error::Msg("attention without in_proj bias".into()))?;
+        let in_b = in_proj_bias(mha)?;
         let mut qkv = Vec::with_capacity(3);
         for (i, (name, perm, input)) in [
             ("q", [0, 2, 1, 3], queries),
