@@ -941,6 +941,99 @@ fn a_hung_teardown_is_abandoned_and_the_camera_restarts_while_its_supervisor_bea
 }
 
 #[test]
+fn a_source_that_blocks_in_its_open_keeps_its_supervisor_beating_and_the_other_camera_playing() {
+    let _cores = serial::timed();
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    // A FIFO with no writer: filesrc's open() blocks inside the change to PLAYING, as a hung
+    // network mount or a wedged device would, and never returns on its own.
+    let fifo = dir.path().join("no-writer.mp4");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo: {made}");
+    let cfg = IngestConfig {
+        stall_timeout_s: 1.0,
+        backoff_initial_s: 0.2,
+        backoff_max_s: 0.4,
+        teardown_timeout_s: 0.5,
+        ..IngestConfig::default()
+    };
+    let health = Health::new();
+    let cameras = [
+        camera("blocked", &format!("file:{}", fifo.display())),
+        camera("ball", "test:ball"),
+    ];
+    let ingest = Ingest::start_watched(&cameras, &cfg, CancellationToken::new(), &health).unwrap();
+    let (blocked, ball) = (status_of(&ingest, "blocked"), status_of(&ingest, "ball"));
+    let collector = Collector::new(&ingest);
+    let mut most_stale = Duration::ZERO;
+    let mut watch_beats = |how_long: Duration| {
+        let t0 = Instant::now();
+        while t0.elapsed() < how_long {
+            let beats = health.beats();
+            assert_eq!(beats.len(), 2, "{beats:?}");
+            most_stale = most_stale.max(beats.iter().map(|(_, age)| *age).max().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // 1 s to give up on the start, 0.5 s for its teardown (which waits on the same state
+    // change: abandoned), then retries every 0.2-0.4 s that find the start still blocked.
+    watch_beats(Duration::from_secs(4));
+    let hung = blocked.borrow().clone();
+    let abandoned_while_hung = ingest.abandoned_teardowns();
+    // A writer opens the FIFO and stays, sending nothing: the blocked open() returns, so the
+    // next retry starts a fresh pipeline, which opens at once and then gets no frame.
+    let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    watch_beats(Duration::from_secs(3));
+    let again = blocked.borrow().clone();
+    let abandoned_after = ingest.abandoned_teardowns();
+    let ball_status = ball.borrow().clone();
+    let t_stop = Instant::now();
+    ingest.stop(Duration::from_secs(2));
+    let stop_time = t_stop.elapsed();
+    let (ball_frames, blocked_frames) = (collector.of("ball").len(), collector.of("blocked").len());
+    // End of file for every reader still waiting on the FIFO: no thread is left blocked.
+    drop(writer);
+
+    eprintln!(
+        "blocked start: supervisors beat at most {most_stale:?} apart, stop took {stop_time:?}, \
+         ball {ball_frames} frames; while hung ({abandoned_while_hung} abandoned): {hung:?}; \
+         once a writer came ({abandoned_after} abandoned): {again:?}"
+    );
+    // The start was given up on after stall_timeout_s, and while it stayed blocked no other
+    // pipeline was started beside it: one abandoned teardown, retries that say why.
+    assert_eq!(hung.state, CameraState::Reconnecting, "{hung:?}");
+    assert!(hung.restarts >= 3, "{hung:?}");
+    assert!(
+        hung.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("still blocked")),
+        "{hung:?}"
+    );
+    assert_eq!(abandoned_while_hung, 1, "{hung:?}");
+    // Once it returned, a fresh pipeline started, and was restarted as a silent source.
+    assert_eq!(
+        again.last_error.as_deref(),
+        Some("no frame for 1.0 s"),
+        "{again:?}"
+    );
+    assert!(again.restarts > hung.restarts, "{again:?}");
+    assert_eq!(blocked_frames, 0);
+    // The supervisor beat through every blocked start: never longer than the teardown
+    // deadline (plus a tick) without a beat.
+    assert!(most_stale < Duration::from_millis(900), "{most_stale:?}");
+    // The other camera played throughout.
+    assert_eq!(ball_status.state, CameraState::Streaming, "{ball_status:?}");
+    assert!(
+        ball_frames >= 40,
+        "{ball_frames} frames from the ball camera in 7 s"
+    );
+    assert!(stop_time < Duration::from_millis(2300), "{stop_time:?}");
+}
+
+#[test]
 fn rtsp_server_killed_10_times_the_camera_comes_back_each_time_and_the_file_never_pauses() {
     let _cores = serial::timed();
     logs();

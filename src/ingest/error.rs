@@ -44,6 +44,15 @@ pub enum Error {
     },
     #[error("no frame for {:.1} s", .0.as_secs_f64())]
     Stalled(Duration),
+    /// The change to PLAYING had not returned after `stall_timeout_s`: an element blocked in
+    /// its start (a source's open, a device or decoder set-up).
+    #[error("the pipeline did not finish starting in {:.1} s (an element blocked opening its source or device)", .0.as_secs_f64())]
+    StartHung(Duration),
+    /// The last start has still not returned: no other is tried until it does.
+    #[error(
+        "the last pipeline start is still blocked (an element waits opening its source or device); retrying once it returns"
+    )]
+    StartStillHung,
     #[error("the source ended (end of stream)")]
     Eos,
     /// A file read frame by frame ([`FileFrames`](super::FileFrames)) that cannot be opened or

@@ -12,6 +12,12 @@
 //! for a teardown it does not beat: a timeout longer than `[service] stage_stall_s` lets the
 //! watchdog see the hang.
 //!
+//! It is set to PLAYING on a helper thread too (`gst-start-<id>`), not waited for: the
+//! synchronous part of that change opens the source and may block for seconds or for ever (a
+//! FIFO with no writer, a wedged device). The supervisor beats and watches the bus meanwhile;
+//! a start that has not returned after `[ingest] stall_timeout_s` is a run without frames,
+//! torn down ([`Error::StartHung`]) and retried.
+//!
 //! Why the supervisor restarts pipelines itself instead of using gst-plugins-rs `fallbacksrc`
 //! (which is registered, and works in a custom template in `[ingest] pipelines_dir`: its `uri`
 //! is set like `rtspsrc`'s `location`):
@@ -31,6 +37,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::TryRecvError;
 use gst::prelude::*;
 use gstreamer as gst;
 use tokio::sync::watch;
@@ -79,6 +86,9 @@ pub(crate) struct Supervisor {
     pub(crate) abandoned: Arc<AtomicU64>,
 }
 
+/// Tells whether a pipeline's change to PLAYING was accepted, once `set_state` returned.
+type Started = crossbeam_channel::Receiver<Result<(), ()>>;
+
 /// How one pipeline run ended.
 enum RunEnd {
     /// Shutdown was asked for; the pipeline is down.
@@ -101,12 +111,24 @@ impl Supervisor {
             Duration::from_secs_f64(self.cfg.backoff_max_s),
         );
         let mut last_error: Option<String> = None;
+        // The last run's change to PLAYING, when it was given up on before it returned.
+        let mut hung_start: Option<Started> = None;
         for attempt in 0u64.. {
             let first_run = attempt == 0;
             if !first_run {
                 self.status.send_modify(|s| s.restarts += 1);
             }
-            let (end, failed_to_build) = match pipeline::build(&self.camera, &self.cfg) {
+            // One blocked start per camera at most: while the last one has not returned (the
+            // open it waits in may never), another would only block beside it, a thread more
+            // per retry. Wait for it instead, retrying on the same backoff.
+            hung_start = hung_start.filter(|s| matches!(s.try_recv(), Err(TryRecvError::Empty)));
+            let built = if hung_start.is_some() {
+                Err(Error::StartStillHung)
+            } else {
+                pipeline::build(&self.camera, &self.cfg)
+            };
+            let (end, failed_to_build) = match built {
+                Err(e @ Error::StartStillHung) => (RunEnd::Retry(e), false),
                 Ok(built) => {
                     let template = built.template.file_name();
                     if first_run {
@@ -114,7 +136,7 @@ impl Supervisor {
                     } else {
                         debug!(camera = %self.id, %source, template, "camera pipeline restarting");
                     }
-                    let end = self.run_pipeline(built, &mut backoff);
+                    let end = self.run_pipeline(built, &mut backoff, &mut hung_start);
                     (end, false)
                 }
                 Err(e) => (RunEnd::Retry(e), true),
@@ -161,7 +183,13 @@ impl Supervisor {
     }
 
     /// Plays one pipeline until it fails, stalls, ends or shutdown is asked for.
-    fn run_pipeline(&self, built: Built, backoff: &mut Backoff) -> RunEnd {
+    /// A start given up on (stalled before PLAYING returned) is left in `hung_start`.
+    fn run_pipeline(
+        &self,
+        built: Built,
+        backoff: &mut Backoff,
+        hung_start: &mut Option<Started>,
+    ) -> RunEnd {
         let Built {
             pipeline,
             sink,
@@ -178,18 +206,30 @@ impl Supervisor {
             self.teardown(&pipeline);
             end
         };
-        if pipeline.set_state(gst::State::Playing).is_err() {
-            let e = bus
-                .pop_filtered(&[gst::MessageType::Error])
-                .map_or(Error::StateChange, |m| self.bus_error(&m));
-            return teardown(RunEnd::Retry(e));
-        }
+        // The change to PLAYING runs on a helper thread: its synchronous part (a source's
+        // open, a hardware decoder's set-up) may block for seconds or for ever (a FIFO with
+        // no writer, a wedged device), and this thread must keep beating, watching the bus
+        // and honouring shutdown meanwhile. A start that never returns is a run without
+        // frames: the stall clock below restarts it like any silent source.
+        let mut starting = Some(self.start_playing(&pipeline));
         let stall = Duration::from_secs_f64(self.cfg.stall_timeout_s);
         let mut meter = FpsMeter::default();
         let mut streaming_since: Option<Instant> = None;
         let mut next_status = Instant::now() + STATUS_EVERY;
         loop {
             self.beat.beat();
+            if let Some(started) = &starting {
+                match started.try_recv() {
+                    Ok(Ok(())) => starting = None,
+                    Ok(Err(())) | Err(TryRecvError::Disconnected) => {
+                        let e = bus
+                            .pop_filtered(&[gst::MessageType::Error])
+                            .map_or(Error::StateChange, |m| self.bus_error(&m));
+                        return teardown(RunEnd::Retry(e));
+                    }
+                    Err(TryRecvError::Empty) => {}
+                }
+            }
             if self.stop.is_cancelled() {
                 let deadlines = self.eos_deadline.get().copied().unwrap_or_else(|| {
                     let eos = Instant::now() + EOS_GRACE;
@@ -248,7 +288,13 @@ impl Supervisor {
             }
             let idle = now.saturating_duration_since(last_activity);
             if idle >= stall {
-                return teardown(RunEnd::Retry(Error::Stalled(idle)));
+                let e = if starting.is_some() {
+                    *hung_start = starting.take();
+                    Error::StartHung(idle)
+                } else {
+                    Error::Stalled(idle)
+                };
+                return teardown(RunEnd::Retry(e));
             }
             if now >= next_status {
                 next_status = now + STATUS_EVERY;
@@ -263,6 +309,28 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Sets the pipeline to PLAYING on a helper thread (`gst-start-<id>`); the receiver gets
+    /// whether the change was accepted once `set_state` returns. Without a thread the change
+    /// runs here, blocking.
+    fn start_playing(
+        &self,
+        pipeline: &gst::Pipeline,
+    ) -> crossbeam_channel::Receiver<Result<(), ()>> {
+        let play = |p: &gst::Pipeline| p.set_state(gst::State::Playing).map(drop).map_err(drop);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (p, sent) = (pipeline.clone(), tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("gst-start-{}", self.id))
+            .spawn(move || {
+                let _ = sent.send(play(&p));
+            });
+        if let Err(e) = spawned {
+            warn!(camera = %self.id, error = %e, "cannot start a thread to start the camera pipeline; starting it on the supervisor's");
+            let _ = tx.send(play(pipeline));
+        }
+        rx
     }
 
     /// Sends EOS, waits for it until the first deadline, then sets the pipeline to NULL; all

@@ -108,6 +108,7 @@ async fn supervise(config: Config, path: &Path) -> anyhow::Result<()> {
             .unwrap_or(Duration::from_secs(5)),
     );
     let mut stalled_before = Vec::new();
+    let mut slow_at_start = Vec::new();
     let reload_encoder = stages.encoder();
     let mut reloading: Option<JoinHandle<Reloader>> = None;
     loop {
@@ -122,17 +123,38 @@ async fn supervise(config: Config, path: &Path) -> anyhow::Result<()> {
                 }
             }
             _ = watchdog.tick() => {
+                systemd.status(&stages.status_line());
                 let stalled = health.stalled(stage_stall);
+                // How long each has gone without a beat, for whoever reads the log later.
+                let silent = || -> Vec<String> {
+                    health
+                        .beats()
+                        .into_iter()
+                        .filter(|(stage, _)| stalled.contains(stage))
+                        .map(|(stage, age)| format!("{stage} for {:.1} s", age.as_secs_f64()))
+                        .collect()
+                };
+                if !ready_sent {
+                    // systemd arms the watchdog only once start-up completed (READY=1); until
+                    // then TimeoutStartSec bounds the start, and READY waits for every camera
+                    // to leave `starting`. A first pipeline start slowed by a cold disk is not
+                    // a hang: it is logged, and stages are judged from READY on.
+                    if !stalled.is_empty() && stalled != slow_at_start {
+                        info!(stages = ?stalled, silent = ?silent(), "still starting: stages slow to make progress (judged from READY on)");
+                    }
+                    slow_at_start = stalled;
+                    systemd.feed_watchdog();
+                    continue;
+                }
                 if stalled.is_empty() {
                     systemd.feed_watchdog();
                     if !stalled_before.is_empty() {
                         info!("every stage is making progress again; the watchdog is fed");
                     }
                 } else if stalled != stalled_before {
-                    warn!(stages = ?stalled, "stages stopped making progress; the systemd watchdog is no longer fed");
+                    warn!(stages = ?stalled, silent = ?silent(), "stages stopped making progress; the systemd watchdog is no longer fed");
                 }
                 stalled_before = stalled;
-                systemd.status(&stages.status_line());
             }
             done = async { reloading.as_mut().expect("guarded by the select condition").await }, if reloading.is_some() => {
                 reloading = None;
