@@ -443,11 +443,25 @@ pub fn check_file(key: &str, path: &Path, kind: FileKind) -> Result<(), ConfigEr
     }
 }
 
-/// Checks that a file named by the config can be opened for reading.
+/// Checks that a file named by the config can be opened for reading. Only a regular file is
+/// opened: opening a FIFO or a device may block until a writer or the device answers (a
+/// camera reading a FIFO), so for those existing is enough here; the part that reads them
+/// reports what fails, and retries.
 pub fn check_readable(key: &str, path: &Path) -> Result<(), ConfigError> {
-    std::fs::File::open(path)
-        .map(drop)
-        .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))
+    let cannot = |e: std::io::Error| {
+        ConfigError::invalid(key, format!("cannot read {}: {e}", path.display()))
+    };
+    let kind = std::fs::metadata(path).map_err(cannot)?.file_type();
+    if kind.is_dir() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{} is a folder, not a file", path.display()),
+        ));
+    }
+    if !kind.is_file() {
+        return Ok(());
+    }
+    std::fs::File::open(path).map(drop).map_err(cannot)
 }
 
 fn one_line(message: &str) -> String {

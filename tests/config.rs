@@ -98,3 +98,38 @@ fn credentials_in_the_clear_and_secret_files_others_can_read_are_warned_about() 
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn a_fifo_camera_passes_the_file_check_without_blocking_and_a_folder_is_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("camera.mp4");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo: {made}");
+    let path = dir.path().join("affectd.toml");
+    let camera = |uri: &Path| {
+        format!(
+            "[node]\nid = \"n\"\n[[camera]]\nid = \"a\"\nuri = \"file:{}\"\n",
+            uri.display()
+        )
+    };
+    // Opening a FIFO nobody writes would block for ever: it only has to exist here (the
+    // camera's supervisor opens it, off its own thread, and retries).
+    std::fs::write(&path, camera(&fifo)).unwrap();
+    let (done, checked) = std::sync::mpsc::channel();
+    let load = path.clone();
+    std::thread::spawn(move || done.send(load_fully(&load).map(drop)).unwrap());
+    let result = checked
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("checking a FIFO camera blocked");
+    assert!(result.is_ok(), "{result:?}");
+    // A folder where a file is due names the key and the problem.
+    std::fs::write(&path, camera(dir.path())).unwrap();
+    let e = load_fully(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("camera[0].uri") && e.contains("is a folder, not a file"),
+        "{e}"
+    );
+}

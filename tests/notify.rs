@@ -15,6 +15,8 @@
 //! - SIGTERM while the model is still loading exits at once with status 0;
 //! - a detector that fails on every batch (its manifest promises a stride the model does not
 //!   have) stops the analytics' heartbeat, so `WATCHDOG=1` stops after `stage_stall_s`.
+//! - a camera whose source blocks in its open (a FIFO nobody writes) is given up on and
+//!   retried while `WATCHDOG=1` goes on every period and the other camera plays.
 
 #[path = "common/daemon.rs"]
 mod daemon;
@@ -342,5 +344,89 @@ fn a_detector_failing_every_batch_stops_the_watchdog_after_stage_stall_s() {
     eprintln!(
         "failing detector: no WATCHDOG=1 for {:.2} s before SIGTERM; {stalled_line}",
         unfed.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_camera_whose_source_blocks_in_its_open_never_starves_the_watchdog() {
+    let _cores = serial::timed();
+    // A FIFO that nobody writes: opening it blocks inside GStreamer's change to PLAYING for
+    // as long as it stays so, like a hung network mount or a wedged device. Beside it, the
+    // bundled clip; no detector or model (ingest and camera status only).
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("nobody-writes.mp4");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo: {made}");
+    let config = format!(
+        "[node]\nid = \"{node}\"\n\
+         [[camera]]\nid = \"blocked\"\nuri = \"file:{fifo}\"\n\
+         [[camera]]\nid = \"walkway\"\nuri = \"file:{clip}\"\n\
+         [ingest]\nstall_timeout_s = 1.0\nbackoff_initial_s = 0.2\nbackoff_max_s = 0.5\n\
+         teardown_timeout_s = 0.5\n\
+         [mqtt]\nport = {port}\n\
+         [service]\nstage_stall_s = {STAGE_STALL_S:?}\n",
+        node = daemon::NODE,
+        fifo = fifo.display(),
+        clip = fixture("vtest.mp4").display(),
+        port = closed_port(),
+    );
+    let notify = NotifySocket::bind();
+    let mut daemon = start(&config, &notify);
+    assert!(
+        notify.wait_for("READY=1", Duration::from_secs(60)),
+        "no READY=1 with a camera blocked in its open:\n{}",
+        daemon.log()
+    );
+    let ready = notify.times_of("READY=1")[0];
+    wait(
+        &mut daemon,
+        "the blocked camera's start given up on, and retries that wait for it",
+        Duration::from_secs(10),
+        |d| d.log().contains("still blocked") && d.log().contains("camera is streaming"),
+    );
+    // Several stall periods with the open still blocked.
+    std::thread::sleep(Duration::from_secs(3 * STAGE_STALL_S as u64));
+    let end = Instant::now();
+    let pings: Vec<Instant> = notify
+        .times_of("WATCHDOG=1")
+        .into_iter()
+        .filter(|t| *t >= ready)
+        .collect();
+    let (status, took) = daemon.terminate(Duration::from_secs(20));
+    let log = daemon.log();
+
+    // Fed every WatchdogSec/3 throughout: the blocked start never held up the supervisor.
+    let longest = gaps(&pings)
+        .into_iter()
+        .map(|(gap, _)| gap)
+        .chain(pings.last().map(|last| end - *last))
+        .max()
+        .unwrap_or(end - ready);
+    assert!(
+        pings.len() >= 5 && longest < Duration::from_millis(1500),
+        "{} pings, longest gap {longest:?}:\n{log}",
+        pings.len()
+    );
+    assert!(!log.contains("stages stopped making progress"), "{log}");
+    assert!(
+        log.contains("camera=blocked") && log.contains("did not finish starting"),
+        "{log}"
+    );
+    // One start blocked at a time: one teardown abandoned, however many retries.
+    assert_eq!(log.matches("its thread is abandoned").count(), 1, "{log}");
+    assert!(status.success(), "exit {status}:\n{log}");
+    assert!(
+        took <= Duration::from_secs(4),
+        "exit {took:?} after SIGTERM:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    eprintln!(
+        "blocked camera: {} WATCHDOG=1 after READY, longest gap {:.2} s; SIGTERM->exit {:.2} s",
+        pings.len(),
+        longest.as_secs_f64(),
+        took.as_secs_f64()
     );
 }
