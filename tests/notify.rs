@@ -381,10 +381,12 @@ fn a_camera_whose_source_blocks_in_its_open_never_starves_the_watchdog() {
         daemon.log()
     );
     let ready = notify.times_of("READY=1")[0];
+    // The clip's first frame may come late on a cold box, past its 1 s stall timeout: it is
+    // then restarted, and plays all the same.
     wait(
         &mut daemon,
         "the blocked camera's start given up on, and retries that wait for it",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         |d| d.log().contains("still blocked") && d.log().contains("camera is streaming"),
     );
     // Several stall periods with the open still blocked.
@@ -416,7 +418,11 @@ fn a_camera_whose_source_blocks_in_its_open_never_starves_the_watchdog() {
         "{log}"
     );
     // One start blocked at a time: one teardown abandoned, however many retries.
-    assert_eq!(log.matches("its thread is abandoned").count(), 1, "{log}");
+    let abandoned = log
+        .lines()
+        .filter(|l| l.contains("its thread is abandoned") && l.contains("camera=blocked"))
+        .count();
+    assert_eq!(abandoned, 1, "{log}");
     assert!(status.success(), "exit {status}:\n{log}");
     assert!(
         took <= Duration::from_secs(4),
