@@ -1,6 +1,9 @@
 //! Every shipped config validates; every config in `tests/config_invalid/` fails with the
 //! message its first line announces (`# expect: ...`).
 
+#[path = "common/fifo.rs"]
+mod fifo;
+
 use std::path::{Path, PathBuf};
 
 use affectd::config::{Config, ConfigError};
@@ -102,12 +105,7 @@ fn credentials_in_the_clear_and_secret_files_others_can_read_are_warned_about() 
 #[test]
 fn a_fifo_camera_passes_the_file_check_without_blocking_and_a_folder_is_no_file() {
     let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("camera.mp4");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success(), "mkfifo: {made}");
+    let fifo = fifo::make(dir.path(), "camera.mp4");
     let path = dir.path().join("affectd.toml");
     let camera = |uri: &Path| {
         format!(

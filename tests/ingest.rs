@@ -2,6 +2,8 @@
 //! comes back (once, and ten times) while a second camera keeps streaming, and a pipeline whose
 //! teardown hangs.
 
+#[path = "common/fifo.rs"]
+mod fifo;
 #[path = "common/rtsp.rs"]
 mod rtsp;
 #[path = "common/serial.rs"]
@@ -947,12 +949,7 @@ fn a_source_that_blocks_in_its_open_keeps_its_supervisor_beating_and_the_other_c
     let dir = tempfile::tempdir().unwrap();
     // A FIFO with no writer: filesrc's open() blocks inside the change to PLAYING, as a hung
     // network mount or a wedged device would, and never returns on its own.
-    let fifo = dir.path().join("no-writer.mp4");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success(), "mkfifo: {made}");
+    let fifo = fifo::make(dir.path(), "no-writer.mp4");
     let cfg = IngestConfig {
         stall_timeout_s: 1.0,
         backoff_initial_s: 0.2,

@@ -20,6 +20,8 @@
 
 #[path = "common/daemon.rs"]
 mod daemon;
+#[path = "common/fifo.rs"]
+mod fifo;
 #[path = "common/mosquitto.rs"]
 mod mosquitto;
 #[path = "common/notify.rs"]
@@ -354,12 +356,7 @@ fn a_camera_whose_source_blocks_in_its_open_never_starves_the_watchdog() {
     // as long as it stays so, like a hung network mount or a wedged device. Beside it, the
     // bundled clip; no detector or model (ingest and camera status only).
     let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("nobody-writes.mp4");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success(), "mkfifo: {made}");
+    let fifo = fifo::make(dir.path(), "nobody-writes.mp4");
     let config = format!(
         "[node]\nid = \"{node}\"\n\
          [[camera]]\nid = \"blocked\"\nuri = \"file:{fifo}\"\n\
