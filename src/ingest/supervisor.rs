@@ -314,10 +314,7 @@ impl Supervisor {
     /// Sets the pipeline to PLAYING on a helper thread (`gst-start-<id>`); the receiver gets
     /// whether the change was accepted once `set_state` returns. Without a thread the change
     /// runs here, blocking.
-    fn start_playing(
-        &self,
-        pipeline: &gst::Pipeline,
-    ) -> crossbeam_channel::Receiver<Result<(), ()>> {
+    fn start_playing(&self, pipeline: &gst::Pipeline) -> Started {
         let play = |p: &gst::Pipeline| p.set_state(gst::State::Playing).map(drop).map_err(drop);
         let (tx, rx) = crossbeam_channel::bounded(1);
         let (p, sent) = (pipeline.clone(), tx.clone());
