@@ -122,24 +122,22 @@ impl Supervisor {
             // open it waits in may never), another would only block beside it, a thread more
             // per retry. Wait for it instead, retrying on the same backoff.
             hung_start = hung_start.filter(|s| matches!(s.try_recv(), Err(TryRecvError::Empty)));
-            let built = if hung_start.is_some() {
-                Err(Error::StartStillHung)
+            let (end, failed_to_build) = if hung_start.is_some() {
+                (RunEnd::Retry(Error::StartStillHung), false)
             } else {
-                pipeline::build(&self.camera, &self.cfg)
-            };
-            let (end, failed_to_build) = match built {
-                Err(e @ Error::StartStillHung) => (RunEnd::Retry(e), false),
-                Ok(built) => {
-                    let template = built.template.file_name();
-                    if first_run {
-                        info!(camera = %self.id, %source, template, "camera pipeline starting");
-                    } else {
-                        debug!(camera = %self.id, %source, template, "camera pipeline restarting");
+                match pipeline::build(&self.camera, &self.cfg) {
+                    Ok(built) => {
+                        let template = built.template.file_name();
+                        if first_run {
+                            info!(camera = %self.id, %source, template, "camera pipeline starting");
+                        } else {
+                            debug!(camera = %self.id, %source, template, "camera pipeline restarting");
+                        }
+                        let end = self.run_pipeline(built, &mut backoff, &mut hung_start);
+                        (end, false)
                     }
-                    let end = self.run_pipeline(built, &mut backoff, &mut hung_start);
-                    (end, false)
+                    Err(e) => (RunEnd::Retry(e), true),
                 }
-                Err(e) => (RunEnd::Retry(e), true),
             };
             let e = match end {
                 RunEnd::Stopped => return,
